@@ -1,0 +1,144 @@
+"""The two attentions of a RIM layer (Goyal et al., ICLR 2021, sections 2.1 and 2.3).
+
+``InputAttention`` decides which units read the input (the null-slot comparison and
+top-k selection) and how strongly; ``CommunicationAttention`` lets units read each
+other's states. Both work on all units at once, with one weight set per unit stored
+as grouped tensors ``(K, in, out)``.
+
+Symbols:
+    l - sequence length          k - units (``num_units``)
+    n - batch                    h - unit size
+    d - input features           a - attention heads
+    e - key size per head        v - value size
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import Tensor, nn
+
+
+def uniform_(weight: Tensor, fan_in: int) -> Tensor:
+    """PyTorch's default for linear and recurrent layers: U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
+    bound = 1.0 / math.sqrt(fan_in)
+    return nn.init.uniform_(weight, -bound, bound)
+
+
+class InputAttention(nn.Module):
+    """Input attention with a null slot, and top-k selection of the units that read.
+
+    The keys and values come from ``[0; x_t]``: a zero "null" row stacked on the input.
+    The projections have no bias, so the null row's key and value are exactly zero and
+    never need to be materialised: the null row's score is 0, and softmax over
+    ``[null, input]`` puts ``sigmoid(s)`` on the input, where ``s`` is the input's
+    score averaged over heads. The ``top_k`` units with the least attention on the null
+    row (the largest ``s``) are active; ties go to the lower unit index.
+
+    Because the null value is zero, a unit's read is ``sigmoid(s) * value(x_t)``: a
+    scalar weight times a value shared by all units. That is what lets ``RIMCell``
+    hoist the value and gate projections out of the time loop.
+
+    Attributes:
+        key_weight: ``(d, a*e)``, shared by all units, applied to the input.
+        value_weight: ``(d, v)``, shared by all units, applied to the input.
+        query_weight: ``(k, h, a*e)``, one matrix per unit, applied to the unit's
+            previous hidden state.
+    """
+
+    def __init__(
+        self,
+        input_size: int,
+        num_units: int,
+        unit_size: int,
+        key_size: int,
+        value_size: int,
+        heads: int,
+        dropout: float,
+    ) -> None:
+        super().__init__()
+        self.heads = heads
+        self.key_size = key_size
+        self.dropout = dropout
+        self.key_weight = nn.Parameter(uniform_(torch.empty(input_size, heads * key_size), input_size))
+        self.value_weight = nn.Parameter(uniform_(torch.empty(input_size, value_size), input_size))
+        self.query_weight = nn.Parameter(
+            uniform_(torch.empty(num_units, unit_size, heads * key_size), unit_size)
+        )
+
+    def keys(self, x: Tensor) -> Tensor:
+        """Input keys, pre-scaled so that a plain dot product gives the head-averaged score.
+
+        ``(..., d) -> (..., a*e)``. Summing ``q * key`` over ``a*e`` then equals
+        ``mean_a(q_a . k_a / sqrt(e))``, the score the paper averages over heads.
+        """
+        return x @ self.key_weight * (1.0 / (self.heads * math.sqrt(self.key_size)))
+
+    def select(self, query: Tensor, keys: Tensor, top_k: int) -> tuple[Tensor, Tensor]:
+        """Attention weight on the input and the active units, for one time step.
+
+        :param query: ``(k, n, a*e)`` queries from each unit's previous hidden state.
+        :param keys: ``(n, a*e)`` the input keys of this step, from :meth:`keys`.
+        :param top_k: how many units become active.
+        :return: ``weight (k, n)``: attention on the input row (dropout applied in
+            training), and ``active (k, n)``: exactly ``top_k`` True per sample.
+        """
+        score = (query * keys).sum(-1)  # (k, n); the null row scores exactly 0
+        num_units = score.shape[0]
+        if top_k == num_units:
+            active = torch.ones_like(score, dtype=torch.bool)
+        else:
+            # Least attention on the null row == largest score. A stable sort makes
+            # ties deterministic (lower unit index first), which topk does not promise.
+            order = score.detach().argsort(dim=0, descending=True, stable=True)[:top_k]
+            active = torch.zeros_like(score, dtype=torch.bool).scatter_(0, order, True)
+        weight = torch.sigmoid(score)  # softmax([0, s])[1]
+        if self.training and self.dropout > 0:
+            weight = F.dropout(weight, self.dropout, training=True)
+        return weight, active
+
+
+class CommunicationAttention(nn.Module):
+    """Multi-head attention between units (paper section 2.3), all units at once.
+
+    Every unit projects its state to a query, key and value with its own weights; each
+    unit reads all units' states and maps the read back to its state size with its own
+    output weights. The caller adds the read residually to the active units only.
+
+    Attributes:
+        qkv_weight: ``(k, h, a*(2e+v))``, per-unit query, key and value projections.
+        out_weight: ``(k, a*v, h)``, per-unit output projection.
+    """
+
+    def __init__(
+        self, num_units: int, unit_size: int, key_size: int, value_size: int, heads: int, dropout: float
+    ) -> None:
+        super().__init__()
+        self.heads = heads
+        self.key_size = key_size
+        self.value_size = value_size
+        self.dropout = dropout
+        width = heads * (2 * key_size + value_size)
+        self.qkv_weight = nn.Parameter(uniform_(torch.empty(num_units, unit_size, width), unit_size))
+        self.out_weight = nn.Parameter(
+            uniform_(torch.empty(num_units, heads * value_size, unit_size), heads * value_size)
+        )
+
+    def forward(self, hidden: Tensor) -> Tensor:
+        """``hidden (k, n, h) -> read (k, n, h)``: what each unit reads from all units."""
+        a, e = self.heads, self.key_size
+        qkv = torch.bmm(hidden, self.qkv_weight)
+        q, k, v = qkv.split([a * e, a * e, a * self.value_size], dim=-1)
+        q = rearrange(q, "k n (a e) -> k n a e", a=a)
+        k = rearrange(k, "j n (a e) -> j n a e", a=a)
+        v = rearrange(v, "j n (a v) -> j n a v", a=a)
+        # Over a handful of units, broadcasting beats batched matmuls (no permute copies).
+        score = (q.unsqueeze(1) * k.unsqueeze(0)).sum(-1) * (1.0 / math.sqrt(e))  # (k, j, n, a)
+        weight = score.softmax(dim=1)
+        if self.training and self.dropout > 0:
+            weight = F.dropout(weight, self.dropout, training=True)
+        read = (weight.unsqueeze(-1) * v.unsqueeze(0)).sum(1)  # (k, n, a, v)
+        return torch.bmm(rearrange(read, "k n a v -> k n (a v)"), self.out_weight)

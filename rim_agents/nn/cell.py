@@ -1,0 +1,179 @@
+"""RIMCell: one time step of one RIM layer, for all units at once.
+
+Per step (paper sections 2.1-2.3):
+1. input attention: each unit queries ``[0; x_t]`` from its previous state; the
+   ``top_k`` units that attend least to the null row become active;
+2. independent dynamics: every unit runs its own LSTM (or GRU) on its read, with its
+   own weights, as one batched matmul over grouped weights ``(k, in, out)``;
+3. communication: units attend over all units' new states (an inactive unit's new
+   state is its carried state); active units add their read residually;
+4. inactive units keep h and c from the previous step, bit for bit.
+
+Work that depends only on the input is done for the whole sequence in
+:meth:`RIMCell.prepare`; :meth:`RIMCell.step` holds only what needs the previous state.
+
+Symbols:
+    l - sequence length          k - units (``num_units``)
+    n - batch                    h - unit size
+    d - input features           g - gate width (4h for LSTM, 3h for GRU)
+    v - input value size         q - input query width (heads * key size)
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from einops import rearrange
+from torch import Tensor, nn
+
+from rim_agents.nn.attention import CommunicationAttention, InputAttention, uniform_
+
+GATES = {"lstm": 4, "gru": 3}
+
+
+class PreparedInput(NamedTuple):
+    """What one layer needs from its input at each step, computed for all steps at once.
+
+    ``keys``: ``l`` tensors ``(n, q)``; ``gates``: ``l`` tensors ``(k, n, g)``, the
+    input-to-gate term of a unit that reads with weight 1.
+    """
+
+    keys: tuple[Tensor, ...]
+    gates: tuple[Tensor, ...]
+
+
+class StepWeights(NamedTuple):
+    """Per-call weight layouts, built once per forward rather than once per step.
+
+    ``recurrent``: ``(k, h, g+q)``, gate and query weights side by side, since both read
+    h(t-1); ``bias``: ``(k, 1, g+q)``, the bias of that matmul.
+    """
+
+    recurrent: Tensor
+    bias: Tensor
+
+
+class RIMCell(nn.Module):
+    """All units of one RIM layer for one time step (LSTM or GRU dynamics).
+
+    States are kept unit-major, ``(k, n, h)``, so every per-unit matmul is a ``bmm``.
+    Arguments are those of :class:`rim_agents.nn.RIM` (validated there).
+
+    Attributes:
+        weight_ih: ``(k, v, g)`` each unit's input-to-gate weights (applied to its read).
+        weight_hh: ``(k, h, g)`` each unit's recurrent weights.
+        bias_ih, bias_hh: ``(k, g)``. Gate order: LSTM ``i, f, o, c``; GRU ``r, z, n``.
+        input_attention: :class:`InputAttention`.
+        communication: :class:`CommunicationAttention`, or None when ``communicate=False``.
+    """
+
+    def __init__(
+        self,
+        input_size: int,
+        num_units: int,
+        unit_size: int,
+        top_k: int,
+        cell: str,
+        input_key_size: int,
+        input_value_size: int,
+        input_heads: int,
+        input_dropout: float,
+        comm_key_size: int,
+        comm_value_size: int,
+        comm_heads: int,
+        comm_dropout: float,
+        communicate: bool,
+    ) -> None:
+        super().__init__()
+        self.num_units = num_units
+        self.unit_size = unit_size
+        self.top_k = top_k
+        self.cell = cell
+        gates = GATES[cell] * unit_size
+        self.input_attention = InputAttention(
+            input_size, num_units, unit_size, input_key_size, input_value_size, input_heads, input_dropout
+        )
+        self.weight_ih = nn.Parameter(uniform_(torch.empty(num_units, input_value_size, gates), unit_size))
+        self.weight_hh = nn.Parameter(uniform_(torch.empty(num_units, unit_size, gates), unit_size))
+        self.bias_ih = nn.Parameter(uniform_(torch.empty(num_units, gates), unit_size))
+        self.bias_hh = nn.Parameter(uniform_(torch.empty(num_units, gates), unit_size))
+        self.communication = (
+            CommunicationAttention(
+                num_units, unit_size, comm_key_size, comm_value_size, comm_heads, comm_dropout
+            )
+            if communicate
+            else None
+        )
+
+    def prepare(self, x: Tensor) -> PreparedInput:
+        """Everything that depends only on the input, for all ``l`` steps in two matmuls.
+
+        :param x: ``(l, n, d)``.
+
+        A unit's read is ``w * (x @ W_v)`` with a scalar attention weight ``w``, and
+        nothing non-linear sits between the value projection and the gates, so the
+        input-to-gate term is ``w * (x @ W_v @ W_ih)``. The product is associated in
+        whichever order costs less: composing ``W_v @ W_ih`` once is cheaper for long
+        batches, projecting the values first for a single short step with wide inputs.
+        """
+        l, n, d = x.shape
+        k, _, g = self.weight_ih.shape
+        flat = rearrange(x, "l n d -> (l n) d")
+        keys = rearrange(self.input_attention.keys(flat), "(l n) q -> l n q", l=l)
+        value_weight = self.input_attention.value_weight
+        if d <= l * n:
+            composed = torch.einsum("dv,kvg->dkg", value_weight, self.weight_ih)
+            gates = (flat @ rearrange(composed, "d k g -> d (k g)")).view(l * n, k, g)
+        else:
+            gates = torch.einsum("mv,kvg->mkg", flat @ value_weight, self.weight_ih)
+        gates = rearrange(gates, "(l n) k g -> l k n g", l=l).contiguous()
+        return PreparedInput(keys.unbind(0), gates.unbind(0))
+
+    def step_weights(self) -> StepWeights:
+        """Gate and query weights side by side, and their bias (zero for the queries)."""
+        query = self.input_attention.query_weight
+        recurrent = torch.cat([self.weight_hh, query], dim=-1)
+        # LSTM: both biases add outside the gates, so fold them into the recurrent matmul.
+        # GRU: b_hn sits inside r * (W_hn h + b_hn); b_ih is added with the input term.
+        gate_bias = self.bias_ih + self.bias_hh if self.cell == "lstm" else self.bias_hh
+        bias = torch.cat([gate_bias, gate_bias.new_zeros(query.shape[0], query.shape[-1])], dim=-1)
+        return StepWeights(recurrent, bias.unsqueeze(1))
+
+    def step(
+        self, keys: Tensor, input_gates: Tensor, h: Tensor, c: Tensor, weights: StepWeights
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """One step for all units.
+
+        :param keys: ``(n, q)`` and ``input_gates``: ``(k, n, g)``, this step's slices of
+            :meth:`prepare`.
+        :param h: ``(k, n, h)`` hidden state at t-1; ``c``: the same for the LSTM cell
+            state (ignored by the GRU).
+        :param weights: from :meth:`step_weights`.
+        :return: ``h (k, n, h)``, ``c (k, n, h)`` at t, and ``active (k, n)`` booleans.
+        """
+        gate_width = input_gates.shape[-1]
+        recurrent = torch.baddbmm(weights.bias, h, weights.recurrent)  # (k, n, g+q)
+        hidden_gates, query = recurrent.split([gate_width, recurrent.shape[-1] - gate_width], dim=-1)
+        read_weight, active = self.input_attention.select(query, keys, self.top_k)
+        read_weight = read_weight.unsqueeze(-1)
+        if self.cell == "lstm":
+            gates = torch.addcmul(hidden_gates, read_weight, input_gates)
+            ifo, cand = gates.split([3 * self.unit_size, self.unit_size], dim=-1)
+            i, f, o = torch.sigmoid(ifo).chunk(3, dim=-1)
+            c_new = torch.addcmul(f * c, i, torch.tanh(cand))
+            h_new = o * torch.tanh(c_new)
+            c_new = torch.where(active.unsqueeze(-1), c_new, c)
+        else:
+            x_gates = torch.addcmul(self.bias_ih.unsqueeze(1), read_weight, input_gates)
+            x_rz, x_n = x_gates.split([2 * self.unit_size, self.unit_size], dim=-1)
+            h_rz, h_n = hidden_gates.split([2 * self.unit_size, self.unit_size], dim=-1)
+            r, z = torch.sigmoid(x_rz + h_rz).chunk(2, dim=-1)
+            cand = torch.tanh(torch.addcmul(x_n, r, h_n))
+            h_new = torch.lerp(cand, h, z)  # (1 - z) * cand + z * h
+            c_new = c
+        mask = active.unsqueeze(-1)
+        h_new = torch.where(mask, h_new, h)
+        if self.communication is not None:
+            h_new = torch.where(mask, h_new + self.communication(h_new), h)
+        return h_new, c_new, active

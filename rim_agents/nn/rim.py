@@ -1,0 +1,259 @@
+"""RIM: a Recurrent Independent Mechanisms layer stack with the interface of ``nn.LSTM``.
+
+Symbols:
+    L - sequence length          K - units (``num_units``)
+    N - batch                    H - unit size; the hidden size is K*H
+    D - input features
+"""
+
+from __future__ import annotations
+
+from numbers import Integral, Real
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import Tensor, nn
+
+from rim_agents.nn.cell import GATES, RIMCell
+
+
+def _check_positive_int(name: str, value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, Integral) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+
+def _check_probability(name: str, value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, Real) or not 0.0 <= value < 1.0:
+        raise ValueError(f"{name} must be a number in [0, 1), got {value!r}")
+
+
+class RIM(nn.Module):
+    r"""Recurrent Independent Mechanisms (Goyal et al., ICLR 2021, arXiv 1909.10893).
+
+    A drop-in for :class:`torch.nn.LSTM`: the hidden vector of size ``K*H`` holds the
+    ``K`` units' states side by side (unit ``i`` at ``[i*H, (i+1)*H)``). At every step
+    each unit attends to the input and a zero "null" input; the ``top_k`` units that
+    attend least to the null input are active: they update with their own LSTM or GRU
+    weights, then read from all units through communication attention. Inactive units
+    keep their h and c exactly; gradient flows through that carried state.
+
+    Args:
+        input_size: features of the input ``D``.
+        num_units: number of units ``K`` (paper: 6).
+        unit_size: hidden size of each unit ``H`` (paper: 100).
+        top_k: active units per step, ``1..num_units`` (paper: 4). ``top_k == num_units``
+            is the dense variant (every unit updates at every step).
+        num_layers: stacked RIM layers; layer ``l+1`` reads layer ``l``'s output.
+        cell: ``"lstm"`` or ``"gru"`` dynamics in each unit.
+        input_key_size: input-attention key size per head (paper: 64).
+        input_value_size: input-attention value size, the size of a unit's read;
+            ``None`` means ``4 * unit_size`` (paper: 400).
+        input_heads: input-attention heads; scores are averaged over heads (paper: 1).
+        input_dropout: dropout on the input-attention weights (paper: 0.1).
+        comm_key_size, comm_value_size: communication key and value size per head
+            (paper: 32, 32).
+        comm_heads: communication heads (paper: 4).
+        comm_dropout: dropout on the communication attention weights (paper: 0.1).
+        communicate: ``False`` removes communication (the paper's ablation).
+        dropout: dropout on the outputs of each layer except the last, as ``nn.LSTM``.
+        batch_first: input and output are ``(N, L, *)`` instead of ``(L, N, *)``
+            (states stay ``(num_layers, N, K*H)``, as in ``nn.LSTM``).
+
+    Inputs: input, hx, episode_starts
+        - **input**: ``(L, N, D)``, or ``(L, D)`` for one unbatched sequence.
+        - **hx**: ``None`` (zeros) or ``(h_0, c_0)``, each ``(num_layers, N, K*H)``
+          (``(num_layers, K*H)`` unbatched). A GRU ignores ``c_0``.
+        - **episode_starts**: ``None`` or ``(L, N)`` (``(L,)`` unbatched; ``(N, L)`` with
+          ``batch_first``); where it is 1 the state of that sample is zeroed just before
+          that step, inside the one time loop.
+
+    Outputs: output, (h_n, c_n)
+        - **output**: ``(L, N, K*H)`` the last layer's hidden state at every step.
+        - **h_n**, **c_n**: ``(num_layers, N, K*H)``; for a GRU ``c_n`` is zeros.
+
+    Attributes:
+        input_size, hidden_size, num_layers, num_units, unit_size, top_k, cell.
+        last_active: ``(L, num_layers, N, K)`` booleans, which units were active at each
+            step of the last forward call (``(L, num_layers, K)`` unbatched), or None
+            before the first call. Recorded during the pass, no extra computation.
+        layers: the :class:`RIMCell` of each layer.
+
+    Examples::
+
+        >>> rim = RIM(input_size=32, num_units=6, unit_size=100, top_k=4)
+        >>> x = torch.randn(100, 64, 32)
+        >>> output, (h_n, c_n) = rim(x)
+        >>> output.shape, h_n.shape, rim.last_active.shape
+        (torch.Size([100, 64, 600]), torch.Size([1, 64, 600]), torch.Size([100, 1, 64, 6]))
+    """
+
+    last_active: Tensor | None
+
+    def __init__(
+        self,
+        input_size: int,
+        num_units: int = 6,
+        unit_size: int = 100,
+        top_k: int = 4,
+        num_layers: int = 1,
+        cell: str = "lstm",
+        input_key_size: int = 64,
+        input_value_size: int | None = None,
+        input_heads: int = 1,
+        input_dropout: float = 0.1,
+        comm_key_size: int = 32,
+        comm_value_size: int = 32,
+        comm_heads: int = 4,
+        comm_dropout: float = 0.1,
+        communicate: bool = True,
+        dropout: float = 0.0,
+        batch_first: bool = False,
+    ) -> None:
+        super().__init__()
+        sizes = {
+            "input_size": input_size,
+            "num_units": num_units,
+            "unit_size": unit_size,
+            "num_layers": num_layers,
+            "input_key_size": input_key_size,
+            "input_heads": input_heads,
+            "comm_key_size": comm_key_size,
+            "comm_value_size": comm_value_size,
+            "comm_heads": comm_heads,
+        }
+        for name, value in sizes.items():
+            _check_positive_int(name, value)
+        if input_value_size is None:
+            input_value_size = 4 * unit_size
+        _check_positive_int("input_value_size", input_value_size)
+        _check_positive_int("top_k", top_k)
+        if top_k > num_units:
+            raise ValueError(f"top_k must be between 1 and num_units={num_units}, got {top_k}")
+        if cell not in GATES:
+            raise ValueError(f"cell must be one of {sorted(GATES)}, got {cell!r}")
+        for name, value in {
+            "input_dropout": input_dropout,
+            "comm_dropout": comm_dropout,
+            "dropout": dropout,
+        }.items():
+            _check_probability(name, value)
+
+        self.input_size = input_size
+        self.num_units = num_units
+        self.unit_size = unit_size
+        self.hidden_size = num_units * unit_size
+        self.top_k = top_k
+        self.num_layers = num_layers
+        self.cell = cell
+        self.dropout = dropout
+        self.batch_first = batch_first
+        self.layers = nn.ModuleList(
+            RIMCell(
+                input_size if layer == 0 else self.hidden_size,
+                num_units,
+                unit_size,
+                top_k,
+                cell,
+                input_key_size,
+                input_value_size,
+                input_heads,
+                input_dropout,
+                comm_key_size,
+                comm_value_size,
+                comm_heads,
+                comm_dropout,
+                communicate,
+            )
+            for layer in range(num_layers)
+        )
+        self.last_active = None
+
+    def extra_repr(self) -> str:
+        return (
+            f"{self.input_size}, num_units={self.num_units}, unit_size={self.unit_size}, "
+            f"top_k={self.top_k}, num_layers={self.num_layers}, cell={self.cell!r}"
+        )
+
+    def forward(
+        self,
+        input: Tensor,
+        hx: tuple[Tensor, Tensor] | None = None,
+        episode_starts: Tensor | None = None,
+    ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+        """See the class docstring for shapes."""
+        if input.dim() not in (2, 3):
+            raise ValueError(
+                f"input must be 3-D (L, N, input_size) or 2-D (L, input_size), got shape {tuple(input.shape)}"
+            )
+        if input.shape[-1] != self.input_size:
+            raise ValueError(
+                f"input must have input_size={self.input_size} features in its last dimension, "
+                f"got shape {tuple(input.shape)}"
+            )
+        unbatched = input.dim() == 2
+        batch = 1 if unbatched else input.shape[0 if self.batch_first else 1]
+        expected = (
+            (self.num_layers, self.hidden_size) if unbatched else (self.num_layers, batch, self.hidden_size)
+        )
+        if hx is not None:
+            for name, state in zip(("h_0", "c_0"), hx, strict=True):
+                if tuple(state.shape) != expected:
+                    shape = "(num_layers, hidden_size)" if unbatched else "(num_layers, N, hidden_size)"
+                    raise ValueError(f"{name} must have shape {shape}={expected}, got {tuple(state.shape)}")
+        if unbatched:
+            input = input.unsqueeze(1)
+            hx = None if hx is None else (hx[0].unsqueeze(1), hx[1].unsqueeze(1))
+            episode_starts = None if episode_starts is None else episode_starts.unsqueeze(1)
+        elif self.batch_first:
+            input = input.transpose(0, 1)
+            episode_starts = None if episode_starts is None else episode_starts.transpose(0, 1)
+        seq_len = input.shape[0]
+        if hx is None:
+            zeros = input.new_zeros(self.num_layers, batch, self.hidden_size)
+            hx = (zeros, zeros)
+        keep = None
+        if episode_starts is not None:
+            if tuple(episode_starts.shape) != (seq_len, batch):
+                got = tuple(episode_starts.shape)
+                raise ValueError(f"episode_starts must have shape (L, N)={(seq_len, batch)}, got {got}")
+            # (L, N) -> (L, 1, N, 1): broadcasts over the unit-major state (K, N, H).
+            keep = (1.0 - episode_starts.to(input.dtype)).view(seq_len, 1, batch, 1)
+
+        output, h_n, c_n, active = self._run(input, hx, keep)
+        self.last_active = active.squeeze(2) if unbatched else active
+        if unbatched:
+            return output.squeeze(1), (h_n.squeeze(1), c_n.squeeze(1))
+        if self.batch_first:
+            output = output.transpose(0, 1)
+        return output, (h_n, c_n)
+
+    def _run(
+        self, x: Tensor, hx: tuple[Tensor, Tensor], keep: Tensor | None
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Layers by time. ``x (L, N, D)``, ``hx`` each ``(num_layers, N, K*H)``,
+        ``keep (L, 1, N, 1)`` or None -> output, h_n, c_n, active ``(L, layers, N, K)``."""
+        h_out, c_out, masks = [], [], []
+        for index, layer in enumerate(self.layers):
+            if index > 0 and self.dropout > 0:
+                x = F.dropout(x, self.dropout, self.training)
+            prepared = layer.prepare(x)
+            weights = layer.step_weights()
+            h = rearrange(hx[0][index], "n (k h) -> k n h", k=self.num_units)
+            c = rearrange(hx[1][index], "n (k h) -> k n h", k=self.num_units)
+            if self.cell == "gru":
+                c = torch.zeros_like(h)
+            outputs, actives = [], []
+            for t, (keys, gates) in enumerate(zip(prepared.keys, prepared.gates, strict=True)):
+                if keep is not None:
+                    h = h * keep[t]
+                    c = c * keep[t]
+                h, c, active = layer.step(keys, gates, h, c, weights)
+                outputs.append(h)
+                actives.append(active)
+            x = rearrange(torch.stack(outputs), "l k n h -> l n (k h)")
+            h_out.append(rearrange(h, "k n h -> n (k h)"))
+            c_out.append(rearrange(c, "k n h -> n (k h)"))
+            masks.append(torch.stack(actives))
+        active = rearrange(torch.stack(masks), "layers l k n -> l layers n k")
+        return x, torch.stack(h_out), torch.stack(c_out), active

@@ -1,0 +1,280 @@
+"""rim_agents.nn.RIM: agreement with the plain reference, RIM semantics, the nn.LSTM contract."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import torch
+
+from rim_agents.nn import RIM
+from tests.reference_rim import reference_forward
+
+SMALL = dict(num_units=4, unit_size=8, top_k=2, input_key_size=6, input_value_size=10, comm_key_size=5,
+             comm_value_size=7)  # fmt: skip
+
+
+def small_rim(**overrides) -> RIM:
+    torch.manual_seed(0)
+    kwargs = {**SMALL, "input_size": 5, **overrides}
+    return RIM(**kwargs).eval()
+
+
+def make_starts(seq_len: int, batch: int) -> torch.Tensor:
+    starts = torch.zeros(seq_len, batch)
+    starts[3, 0] = 1.0
+    starts[5, 1:] = 1.0
+    return starts
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+@pytest.mark.parametrize("num_layers", [1, 2])
+@pytest.mark.parametrize("communicate", [True, False])
+def test_fast_matches_reference_outputs_states_and_gradients(cell, num_layers, communicate):
+    rim = small_rim(cell=cell, num_layers=num_layers, communicate=communicate, input_heads=2, comm_heads=3)
+    torch.manual_seed(1)
+    x = torch.randn(9, 3, 5)
+    hx = (torch.randn(num_layers, 3, 32), torch.randn(num_layers, 3, 32))
+    starts = make_starts(9, 3)
+
+    out, (h_n, c_n) = rim(x, hx, episode_starts=starts)
+    active = rim.last_active
+    loss = out.pow(2).sum() + h_n.sum() + c_n.sum()
+    fast_grads = torch.autograd.grad(loss, list(rim.parameters()))
+
+    ref_out, (ref_h, ref_c), ref_active = reference_forward(rim, x, hx, episode_starts=starts)
+    ref_loss = ref_out.pow(2).sum() + ref_h.sum() + ref_c.sum()
+    ref_grads = torch.autograd.grad(ref_loss, list(rim.parameters()))
+
+    assert torch.equal(active, ref_active)
+    torch.testing.assert_close(out, ref_out, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(h_n, ref_h, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(c_n, ref_c, atol=1e-5, rtol=1e-5)
+    for (name, _), fast, ref in zip(rim.named_parameters(), fast_grads, ref_grads, strict=True):
+        torch.testing.assert_close(fast, ref, atol=1e-5, rtol=1e-5, msg=lambda m, n=name: f"{n}: {m}")
+
+
+def test_single_step_path_matches_reference_for_wide_inputs():
+    # One step of a few samples with many features takes the other association order in prepare().
+    rim = small_rim(input_size=40)
+    x = torch.randn(1, 2, 40)
+    out, _ = rim(x)
+    ref_out, _, _ = reference_forward(rim, x)
+    torch.testing.assert_close(out, ref_out, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_exactly_k_units_change_and_inactive_units_keep_state_bit_for_bit(cell):
+    rim = small_rim(cell=cell, top_k=3, num_units=5)
+    x = torch.randn(12, 6, 5)
+    h = torch.randn(1, 6, 40)
+    c = torch.randn(1, 6, 40)
+    for t in range(12):
+        out, (h_new, c_new) = rim(x[t : t + 1], (h, c))
+        active = rim.last_active[0, 0]  # (n, k)
+        assert active.sum(-1).tolist() == [3] * 6
+        before = h.view(6, 5, 8)
+        after = h_new.view(6, 5, 8)
+        changed = (after != before).any(-1)
+        assert torch.equal(changed, active)
+        if cell == "lstm":
+            c_changed = (c_new.view(6, 5, 8) != c.view(6, 5, 8)).any(-1)
+            assert torch.equal(c_changed, active)
+        else:
+            assert torch.count_nonzero(c_new) == 0
+        torch.testing.assert_close(out[0], h_new[0], atol=0, rtol=0)
+        h, c = h_new, c_new
+
+
+def test_one_call_over_a_sequence_equals_step_by_step_calls():
+    rim = small_rim(num_layers=2)
+    x = torch.randn(10, 3, 5)
+    starts = make_starts(10, 3)
+    out, (h_n, c_n) = rim(x, episode_starts=starts)
+    state = None
+    steps = []
+    for t in range(10):
+        step_out, state = rim(x[t : t + 1], state, episode_starts=starts[t : t + 1])
+        steps.append(step_out)
+    torch.testing.assert_close(torch.cat(steps), out, atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(state[0], h_n, atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(state[1], c_n, atol=1e-6, rtol=1e-6)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_reset_at_step_t_equals_a_fresh_call_from_zero_state(cell):
+    rim = small_rim(cell=cell, num_layers=2)
+    x = torch.randn(10, 4, 5)
+    starts = torch.zeros(10, 4)
+    starts[6] = 1.0
+    out, _ = rim(x, (torch.randn(2, 4, 32), torch.randn(2, 4, 32)), episode_starts=starts)
+    fresh, _ = rim(x[6:])
+    torch.testing.assert_close(out[6:], fresh, atol=1e-6, rtol=1e-6)
+    # Only the reset samples restart: resetting sample 0 alone leaves the others as they were.
+    only_first = torch.zeros(10, 4)
+    only_first[6, 0] = 1.0
+    out_first, _ = rim(x, episode_starts=only_first)
+    plain, _ = rim(x)
+    torch.testing.assert_close(out_first[:, 1:], plain[:, 1:], atol=0, rtol=0)
+    assert not torch.allclose(out_first[6:, 0], plain[6:, 0])
+
+
+def test_dense_variant_activates_every_unit():
+    rim = small_rim(top_k=4)
+    rim(torch.randn(6, 2, 5))
+    assert bool(rim.last_active.all())
+
+
+def test_ties_go_to_the_lower_unit_index():
+    # With zero state every query is zero: all units score 0 and tie; units 0..k-1 win.
+    rim = small_rim(top_k=2, input_key_size=3)
+    rim(torch.randn(1, 3, 5))
+    assert rim.last_active[0, 0].tolist() == [[True, True, False, False]] * 3
+
+
+def test_shapes_for_every_case_of_the_contract():
+    rim = small_rim(num_layers=2)
+    assert (rim.input_size, rim.hidden_size, rim.num_layers) == (5, 32, 2)
+    out, (h, c) = rim(torch.randn(7, 3, 5))
+    assert out.shape == (7, 3, 32) and h.shape == (2, 3, 32) and c.shape == (2, 3, 32)
+    assert rim.last_active.shape == (7, 2, 3, 4) and rim.last_active.dtype == torch.bool
+
+    out, (h, c) = rim(torch.randn(7, 5), (torch.zeros(2, 32), torch.zeros(2, 32)), torch.zeros(7))
+    assert out.shape == (7, 32) and h.shape == (2, 32) and c.shape == (2, 32)
+    assert rim.last_active.shape == (7, 2, 4)
+
+    batch_first = small_rim(num_layers=2, batch_first=True)
+    x = torch.randn(3, 7, 5)
+    out_bf, (h_bf, _) = batch_first(x, episode_starts=torch.zeros(3, 7))
+    out_tf, (_h_tf, _) = rim(x.transpose(0, 1))
+    assert out_bf.shape == (3, 7, 32) and h_bf.shape == (2, 3, 32)
+    torch.testing.assert_close(out_bf.transpose(0, 1), out_tf)
+
+
+def test_unbatched_input_equals_a_batch_of_one():
+    rim = small_rim()
+    x = torch.randn(6, 5)
+    out, (h, _c) = rim(x)
+    out_b, (h_b, _c_b) = rim(x.unsqueeze(1))
+    torch.testing.assert_close(out, out_b[:, 0], atol=0, rtol=0)
+    torch.testing.assert_close(h, h_b[:, 0], atol=0, rtol=0)
+
+
+def test_hidden_vector_holds_the_units_side_by_side():
+    rim = small_rim()
+    out, _ = rim(torch.randn(5, 2, 5))
+    units = out.view(5, 2, 4, 8)
+    changed = (units[1:] != units[:-1]).any(-1)  # (l-1, n, k)
+    assert torch.equal(changed, rim.last_active[1:, 0])
+
+
+def test_gru_returns_a_zero_cell_state():
+    rim = small_rim(cell="gru")
+    _, (h, c) = rim(torch.randn(4, 2, 5), (torch.randn(1, 2, 32), torch.randn(1, 2, 32)))
+    assert c.shape == h.shape and torch.count_nonzero(c) == 0
+
+
+def test_gradient_reaches_every_parameter_over_a_sequence():
+    torch.manual_seed(0)
+    rim = RIM(5, num_units=4, unit_size=8, top_k=2, num_layers=2, dropout=0.2)
+    out, (_h, c) = rim(torch.randn(20, 8, 5))
+    (out.sum() + c.sum()).backward()
+    for name, param in rim.named_parameters():
+        assert param.grad is not None and param.grad.abs().sum() > 0, name
+
+
+def test_gradient_flows_through_an_inactive_units_carried_state():
+    rim = small_rim(top_k=1, communicate=False)
+    h0 = torch.randn(1, 1, 32, requires_grad=True)
+    out, _ = rim(torch.randn(3, 1, 5), (h0, torch.zeros(1, 1, 32)))
+    never_active = (~rim.last_active[:, 0, 0]).all(0).nonzero().flatten()
+    assert len(never_active) > 0
+    unit = int(never_active[0])
+    out[-1, 0, unit * 8 : (unit + 1) * 8].sum().backward()
+    # The carried state is the identity of h0 for that unit: its gradient is exactly one.
+    assert torch.equal(h0.grad[0, 0, unit * 8 : (unit + 1) * 8], torch.ones(8))
+
+
+def test_dropout_is_active_only_in_training():
+    rim = RIM(5, num_units=4, unit_size=8, top_k=2, input_dropout=0.5, comm_dropout=0.5)
+    x = torch.randn(6, 3, 5)
+    rim.eval()
+    assert torch.equal(rim(x)[0], rim(x)[0])
+    rim.train()
+    torch.manual_seed(1)
+    first = rim(x)[0]
+    torch.manual_seed(2)
+    assert not torch.equal(first, rim(x)[0])
+
+
+def test_rim_learns_a_tiny_memory_task():
+    # Output at the last step the sign of the first input: needs memory across 8 steps.
+    torch.manual_seed(0)
+    rim = RIM(1, num_units=4, unit_size=16, top_k=2, input_dropout=0.0, comm_dropout=0.0)
+    head = torch.nn.Linear(64, 1)
+    opt = torch.optim.Adam([*rim.parameters(), *head.parameters()], lr=3e-3)
+    losses = []
+    for _ in range(300):
+        x = torch.randn(8, 32, 1)
+        target = (x[0, :, 0] > 0).float()
+        out, _ = rim(x)
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(head(out[-1]).squeeze(-1), target)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    # Chance level is ln 2 = 0.69.
+    first, last = losses[0], sum(losses[-20:]) / 20
+    assert first > 0.6 and last < 0.15, (first, last)
+
+
+BAD_ARGUMENTS = [
+    ({"input_size": 0}, "input_size must be a positive integer, got 0"),
+    ({"num_units": -1}, "num_units must be a positive integer, got -1"),
+    ({"unit_size": 2.5}, "unit_size must be a positive integer, got 2.5"),
+    ({"num_layers": 0}, "num_layers must be a positive integer, got 0"),
+    ({"top_k": 0}, "top_k must be a positive integer, got 0"),
+    ({"top_k": 7}, "top_k must be between 1 and num_units=6, got 7"),
+    ({"cell": "rnn"}, "cell must be one of ['gru', 'lstm'], got 'rnn'"),
+    ({"input_key_size": 0}, "input_key_size must be a positive integer, got 0"),
+    ({"input_value_size": 0}, "input_value_size must be a positive integer, got 0"),
+    ({"input_heads": 0}, "input_heads must be a positive integer, got 0"),
+    ({"comm_key_size": 0}, "comm_key_size must be a positive integer, got 0"),
+    ({"comm_value_size": -3}, "comm_value_size must be a positive integer, got -3"),
+    ({"comm_heads": True}, "comm_heads must be a positive integer, got True"),
+    ({"input_dropout": 1.0}, "input_dropout must be a number in [0, 1), got 1.0"),
+    ({"comm_dropout": -0.1}, "comm_dropout must be a number in [0, 1), got -0.1"),
+    ({"dropout": 2}, "dropout must be a number in [0, 1), got 2"),
+]
+
+
+@pytest.mark.parametrize(("kwargs", "message"), BAD_ARGUMENTS, ids=[next(iter(k)) for k, _ in BAD_ARGUMENTS])
+def test_bad_constructor_argument_raises_a_value_error_naming_it(kwargs, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        RIM(**{"input_size": 4, **kwargs})
+
+
+def test_input_of_the_wrong_rank_is_rejected():
+    with pytest.raises(
+        ValueError, match=r"input must be 3-D \(L, N, input_size\) or 2-D.*got shape \(2, 3, 4, 5\)"
+    ):
+        small_rim()(torch.randn(2, 3, 4, 5))
+
+
+def test_input_of_the_wrong_feature_size_is_rejected():
+    with pytest.raises(ValueError, match=r"input_size=5 features .* got shape \(2, 3, 6\)"):
+        small_rim()(torch.randn(2, 3, 6))
+
+
+@pytest.mark.parametrize("which", [0, 1])
+def test_state_of_the_wrong_shape_is_rejected(which):
+    state = [torch.zeros(1, 3, 32), torch.zeros(1, 3, 32)]
+    state[which] = torch.zeros(1, 2, 32)
+    name = ("h_0", "c_0")[which]
+    with pytest.raises(ValueError, match=rf"{name} must have shape .*=\(1, 3, 32\), got \(1, 2, 32\)"):
+        small_rim()(torch.randn(4, 3, 5), tuple(state))
+
+
+def test_episode_starts_of_the_wrong_shape_is_rejected():
+    with pytest.raises(ValueError, match=r"episode_starts must have shape \(L, N\)=\(4, 3\), got \(3, 4\)"):
+        small_rim()(torch.randn(4, 3, 5), episode_starts=torch.zeros(3, 4))
