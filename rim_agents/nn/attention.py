@@ -129,16 +129,16 @@ class CommunicationAttention(nn.Module):
 
     def forward(self, hidden: Tensor) -> Tensor:
         """``hidden (k, n, h) -> read (k, n, h)``: what each unit reads from all units."""
-        a, e = self.heads, self.key_size
+        a, e, v = self.heads, self.key_size, self.value_size
         qkv = torch.bmm(hidden, self.qkv_weight)
-        q, k, v = qkv.split([a * e, a * e, a * self.value_size], dim=-1)
-        q = rearrange(q, "k n (a e) -> k n a e", a=a)
-        k = rearrange(k, "j n (a e) -> j n a e", a=a)
-        v = rearrange(v, "j n (a v) -> j n a v", a=a)
-        # Over a handful of units, broadcasting beats batched matmuls (no permute copies).
-        score = (q.unsqueeze(1) * k.unsqueeze(0)).sum(-1) * (1.0 / math.sqrt(e))  # (k, j, n, a)
-        weight = score.softmax(dim=1)
+        # (k, n, a*(2e+v)) -> per (sample, head) batches over units, so both products
+        # are bmm on contiguous blocks and softmax runs on a contiguous last dimension.
+        q, k, v = qkv.split([a * e, a * e, a * v], dim=-1)
+        q = rearrange(q, "k n (a e) -> (n a) k e", a=a)
+        k = rearrange(k, "j n (a e) -> (n a) e j", a=a)
+        v = rearrange(v, "j n (a v) -> (n a) j v", a=a)
+        weight = torch.bmm(q, k).mul_(1.0 / math.sqrt(e)).softmax(dim=-1)  # (n*a, k, j)
         if self.training and self.dropout > 0:
             weight = F.dropout(weight, self.dropout, training=True)
-        read = (weight.unsqueeze(-1) * v.unsqueeze(0)).sum(1)  # (k, n, a, v)
-        return torch.bmm(rearrange(read, "k n a v -> k n (a v)"), self.out_weight)
+        read = rearrange(torch.bmm(weight, v), "(n a) k v -> k n (a v)", a=a)
+        return torch.bmm(read, self.out_weight)
