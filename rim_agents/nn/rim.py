@@ -24,7 +24,7 @@ def _check_positive_int(name: str, value: object) -> None:
 
 
 def _check_probability(name: str, value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, Real) or not 0.0 <= value < 1.0:
+    if isinstance(value, bool) or not isinstance(value, Real) or not 0.0 <= float(value) < 1.0:
         raise ValueError(f"{name} must be a number in [0, 1), got {value!r}")
 
 
@@ -132,12 +132,12 @@ class RIM(nn.Module):
             raise ValueError(f"top_k must be between 1 and num_units={num_units}, got {top_k}")
         if cell not in GATES:
             raise ValueError(f"cell must be one of {sorted(GATES)}, got {cell!r}")
-        for name, value in {
+        for name, probability in {
             "input_dropout": input_dropout,
             "comm_dropout": comm_dropout,
             "dropout": dropout,
         }.items():
-            _check_probability(name, value)
+            _check_probability(name, probability)
 
         self.input_size = input_size
         self.num_units = num_units
@@ -234,7 +234,8 @@ class RIM(nn.Module):
         """Layers by time. ``x (L, N, D)``, ``hx`` each ``(num_layers, N, K*H)``,
         ``keep (L, 1, N, 1)`` or None -> output, h_n, c_n, active ``(L, layers, N, K)``."""
         h_out, c_out, masks = [], [], []
-        for index, layer in enumerate(self.layers):
+        layer: RIMCell
+        for index, layer in enumerate(self.layers):  # type: ignore[assignment]
             if index > 0 and self.dropout > 0:
                 x = F.dropout(x, self.dropout, self.training)
             prepared = layer.prepare(x)
