@@ -1,0 +1,87 @@
+"""Features extractors for the environments rim_agents trains on.
+
+Symbols:
+    N - batch    C - channels (3 in MiniGrid: object, colour, state)    H, W - grid size
+"""
+
+from __future__ import annotations
+
+import torch as th
+from gymnasium import spaces
+from stable_baselines3.common.preprocessing import is_image_space_channels_first
+from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
+from torch import nn
+
+# Three 2x2 convolutions without padding shrink each side by 3.
+_MIN_GRID_SIDE = 4
+
+
+class MiniGridCNN(BaseFeaturesExtractor):
+    """
+    Small CNN for MiniGrid's symbolic grid observations (``ImgObsWrapper``: a ``7x7x3``
+    uint8 grid of object, colour and state indices; larger grids with full observability).
+
+    Three 2x2 convolutions (16, 32, 64 channels, ReLU) then a linear layer to
+    ``features_dim`` (ReLU), the architecture of MiniGrid's own Stable-Baselines3 training
+    guide (https://minigrid.farama.org/content/training/, ``MinigridFeaturesExtractor``,
+    taken from lcswillems/rl-starter-files). Atari's ``NatureCNN`` needs at least 36x36
+    inputs and does not fit a 7x7 grid.
+
+    The values are indices, not intensities, so they must reach the network unscaled:
+    pass ``normalize_images=False`` in ``policy_kwargs`` (for the RIM and the LSTM policies
+    alike). With SB3's default ``normalize_images=True`` the indices arrive divided by 255;
+    ``forward`` detects that (non-integer inputs) and raises a ValueError.
+
+    Channels-last spaces such as MiniGrid's own ``(7, 7, 3)`` are accepted as well as the
+    channels-first ``(3, 7, 7)`` that SB3's ``VecTransposeImage`` produces; the channel axis
+    is the smallest one, as SB3 assumes.
+
+    :param observation_space: a 3-D ``Box`` with both grid sides at least 4
+    :param features_dim: number of features produced (default 64)
+    """
+
+    def __init__(self, observation_space: spaces.Space, features_dim: int = 64) -> None:
+        if not isinstance(observation_space, spaces.Box) or len(observation_space.shape) != 3:
+            raise ValueError(
+                "MiniGridCNN needs a 3-D Box observation space (a MiniGrid grid, e.g. from "
+                f"minigrid.wrappers.ImgObsWrapper), got {observation_space}"
+            )
+        if isinstance(features_dim, bool) or not isinstance(features_dim, int) or features_dim < 1:
+            raise ValueError(f"features_dim must be a positive integer, got {features_dim!r}")
+        super().__init__(observation_space, features_dim)
+        self.channels_first = is_image_space_channels_first(observation_space)
+        shape = observation_space.shape
+        n_channels, height, width = shape if self.channels_first else (shape[2], shape[0], shape[1])
+        if min(height, width) < _MIN_GRID_SIDE:
+            raise ValueError(
+                f"MiniGridCNN needs a grid of at least {_MIN_GRID_SIDE}x{_MIN_GRID_SIDE} "
+                f"(three 2x2 convolutions), got observation shape {shape}"
+            )
+        self.cnn = nn.Sequential(
+            nn.Conv2d(n_channels, 16, kernel_size=2),
+            nn.ReLU(),
+            nn.Conv2d(16, 32, kernel_size=2),
+            nn.ReLU(),
+            nn.Conv2d(32, 64, kernel_size=2),
+            nn.ReLU(),
+            nn.Flatten(),
+        )
+        n_flatten = 64 * (height - _MIN_GRID_SIDE + 1) * (width - _MIN_GRID_SIDE + 1)
+        self.linear = nn.Sequential(nn.Linear(n_flatten, features_dim), nn.ReLU())
+
+    def forward(self, observations: th.Tensor) -> th.Tensor:
+        """
+        :param observations: ``(N, C, H, W)`` or ``(N, H, W, C)`` as the observation space,
+            float, with the raw integer indices
+        :return: ``(N, features_dim)``
+        """
+        if not th.equal(observations, observations.round()):
+            raise ValueError(
+                "MiniGridCNN received non-integer observations: symbolic MiniGrid grids hold "
+                "integer indices, so these were most likely divided by 255; pass "
+                "normalize_images=False in policy_kwargs"
+            )
+        if not self.channels_first:
+            # (N, H, W, C) -> (N, C, H, W), the layout Conv2d expects.
+            observations = observations.permute(0, 3, 1, 2)
+        return self.linear(self.cnn(observations))
