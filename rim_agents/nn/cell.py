@@ -118,16 +118,18 @@ class RIMCell(nn.Module):
         batches, projecting the values first for a single short step with wide inputs.
         """
         l, n, d = x.shape
-        k, _, g = self.weight_ih.shape
+        k = self.num_units
         flat = rearrange(x, "l n d -> (l n) d")
         keys = rearrange(self.input_attention.keys(flat), "(l n) q -> l n q", l=l)
         value_weight = self.input_attention.value_weight
         if d <= l * n:
-            composed = torch.einsum("dv,kvg->dkg", value_weight, self.weight_ih)
-            gates = (flat @ rearrange(composed, "d k g -> d (k g)")).view(l * n, k, g)
+            # (d, v) @ (k, v, g) -> (d, k*g): then one GEMM over all steps and units.
+            composed = rearrange(torch.matmul(value_weight, self.weight_ih), "k d g -> d (k g)")
+            gates = rearrange(flat @ composed, "(l n) (k g) -> l k n g", l=l, k=k)
         else:
-            gates = torch.einsum("mv,kvg->mkg", flat @ value_weight, self.weight_ih)
-        gates = rearrange(gates, "(l n) k g -> l k n g", l=l).contiguous()
+            gates = rearrange(torch.matmul(flat @ value_weight, self.weight_ih), "k (l n) g -> l k n g", l=l)
+        # Per-step views, no copy: unbinding once keeps autograd from building a
+        # full-size zero gradient per step as slicing would.
         return PreparedInput(keys.unbind(0), gates.unbind(0))
 
     def step_weights(self) -> StepWeights:
