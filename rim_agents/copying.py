@@ -1,0 +1,452 @@
+"""The copying task (Goyal et al., ICLR 2021, arXiv 1909.10893, Table 1): model, metrics, trainer.
+
+The task, stated exactly: ten digits drawn uniformly from 1..8, then ``gap`` blanks (0), then the
+delimiter 9, then 9 more blanks while the model must output the ten digits; total length
+``gap + 20``. Inputs are embedded; the model is ``rim_agents.nn.RIM`` (or ``torch.nn.LSTM`` as the
+baseline) followed by a linear readout. It is trained on one gap (``train_length``, 50 in the
+paper) and tested on longer ones (200 in the paper): a model that really holds the digits copies
+after any gap, one that learned "about ``train_length`` steps" does not.
+
+Metrics, per test gap (the data is in ``envs/copying.py``):
+
+- ``ce``: cross-entropy over the ten recall positions only, in nats per digit. Our headline number.
+- ``ce_all_positions``: cross-entropy averaged over all ``gap + 20`` positions (blank targets
+  included). This is what the official code (anirudh9119/RIMs, ``train_copying.py``) reports; the
+  blank positions are easy, so it shrinks the recall error by about ``10 / (gap + 20)``.
+- ``digit_acc``: fraction of recalled digits that are right.
+- ``seq_acc``: fraction of sequences with all ten digits right.
+
+Training minimises ``ce_all_positions`` like the official code: the model must also output blank
+during the gap. The checkpoint and TensorBoard events go to the output folder, and
+``results.json`` holds the last evaluation.
+
+Symbols:
+    L - sequence length (gap + 20)
+    N - batch size
+    C - target classes (9: blank and the digits 1..8)
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch as th
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.tensorboard import SummaryWriter
+from tqdm import tqdm
+
+from envs.copying import NUM_CLASSES, NUM_DIGITS, VOCAB_SIZE, copying_batch, recall_slice
+from rim_agents.nn import RIM
+
+MODELS = ("rim", "lstm")
+CELLS = ("lstm", "gru")
+
+METRIC_DEFINITIONS = {
+    "ce": "cross-entropy (nats) over the ten recall positions only (ours, the headline)",
+    "ce_all_positions": "cross-entropy (nats) over all gap + 20 positions (the official code's number)",
+    "digit_acc": "fraction of recalled digits that are right",
+    "seq_acc": "fraction of sequences with all ten digits right",
+}
+
+
+class ConfigError(ValueError):
+    """A configuration value outside what is allowed; names the field, the value and the allowed range."""
+
+    def __init__(self, name: str, value: Any, allowed: str) -> None:
+        self.name = name
+        self.value = value
+        self.allowed = allowed
+        super().__init__(f"{name} must be {allowed}, got {value!r}")
+
+
+@dataclass
+class CopyingConfig:
+    """
+    Everything that defines one copying-task run. The defaults are the small CPU configuration
+    described in docs/copying.md; ``paper_config`` gives the paper's.
+
+    :param model: "rim" or "lstm"
+    :param train_length: gap (blanks between the digits and the delimiter) of the training data
+    :param test_lengths: gaps to evaluate on after each epoch
+    :param epochs: number of epochs; each ends with an evaluation and a checkpoint
+    :param batches_per_epoch: training batches per epoch (fresh data every batch)
+    :param batch_size: sequences per training and evaluation batch
+    :param eval_batches: batches per test gap; the test sets are fixed by ``seed`` and the gap
+    :param lr: Adam learning rate
+    :param clip: maximum gradient norm
+    :param seed: seeds the weights, the training data and the test sets
+    :param embedding_size: size of the token embedding fed to the recurrent core
+    :param num_units: RIM units K
+    :param unit_size: RIM unit size H (hidden size K*H)
+    :param top_k: RIM units active per step
+    :param cell: RIM unit dynamics, "lstm" or "gru"
+    :param hidden_size: hidden size of the LSTM baseline
+    :param device: torch device string ("cpu", "cuda", "cuda:1", ...)
+    """
+
+    model: str = "rim"
+    train_length: int = 5
+    test_lengths: tuple[int, ...] = (5, 20, 50)
+    epochs: int = 5
+    batches_per_epoch: int = 200
+    batch_size: int = 64
+    eval_batches: int = 4
+    lr: float = 3e-3
+    clip: float = 1.0
+    seed: int = 0
+    embedding_size: int = 32
+    num_units: int = 6
+    unit_size: int = 32
+    top_k: int = 4
+    cell: str = "lstm"
+    hidden_size: int = 192
+    device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        self.test_lengths = tuple(self.test_lengths)
+        if self.model not in MODELS:
+            raise ConfigError("model", self.model, f"one of {', '.join(MODELS)}")
+        if self.cell not in CELLS:
+            raise ConfigError("cell", self.cell, f"one of {', '.join(CELLS)}")
+        positive_ints = (
+            "train_length",
+            "epochs",
+            "batches_per_epoch",
+            "batch_size",
+            "eval_batches",
+            "embedding_size",
+            "num_units",
+            "unit_size",
+            "hidden_size",
+        )
+        for name in positive_ints:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(name, value, "a positive integer")
+        if not self.test_lengths or any(
+            isinstance(length, bool) or not isinstance(length, int) or length < 1
+            for length in self.test_lengths
+        ):
+            raise ConfigError("test_lengths", self.test_lengths, "one or more positive integers")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+            raise ConfigError("seed", self.seed, "a non-negative integer")
+        if (
+            isinstance(self.top_k, bool)
+            or not isinstance(self.top_k, int)
+            or not 1 <= self.top_k <= self.num_units
+        ):
+            raise ConfigError("top_k", self.top_k, f"an integer in [1, num_units={self.num_units}]")
+        for name in ("lr", "clip"):
+            value = getattr(self, name)
+            if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
+                raise ConfigError(name, value, "a positive finite number")
+        try:
+            device = th.device(self.device)
+        except RuntimeError as error:
+            raise ConfigError("device", self.device, "a torch device such as cpu or cuda") from error
+        if device.type == "cuda" and not th.cuda.is_available():
+            raise ConfigError(
+                "device", self.device, "cpu on this machine (torch.cuda.is_available() is False)"
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        """The configuration as JSON-friendly values (``test_lengths`` as a list)."""
+        config = asdict(self)
+        config["test_lengths"] = list(self.test_lengths)
+        return config
+
+
+def paper_config(model: str = "rim") -> CopyingConfig:
+    """
+    The paper's setting (Table 1, appendix D.1): gap 50 for training and 200 for testing, RIMs with
+    6 units of 100 and k=4, the LSTM baseline with 600 units, batch 64, Adam 1e-3. The number of
+    updates is not stated in the paper; the official script runs 200 batches per epoch for 200
+    epochs and embeds tokens in as many dimensions as the hidden size (600), and so does this.
+
+    :param model: "rim" or "lstm"
+    :return: the configuration
+    """
+    return CopyingConfig(
+        model=model,
+        train_length=50,
+        test_lengths=(50, 100, 200),
+        epochs=200,
+        batches_per_epoch=200,
+        batch_size=64,
+        eval_batches=16,
+        lr=1e-3,
+        embedding_size=600,
+        num_units=6,
+        unit_size=100,
+        top_k=4,
+        hidden_size=600,
+    )
+
+
+class CopyingModel(nn.Module):
+    """
+    Embedding -> recurrent core (``RIM`` or ``nn.LSTM``) -> linear readout over the 9 target classes.
+
+    :param core: the recurrent core, time-major (``(L, N, embedding_size)`` in, ``(output,
+        state)`` out); ``RIM`` and ``nn.LSTM`` share that calling convention
+    :param embedding_size: size of the token embedding; must equal ``core.input_size``
+    """
+
+    def __init__(self, core: RIM | nn.LSTM, embedding_size: int) -> None:
+        super().__init__()
+        self.embedding = nn.Embedding(VOCAB_SIZE, embedding_size)
+        self.core = core
+        self.readout = nn.Linear(core.hidden_size, NUM_CLASSES)
+
+    def forward(self, tokens: th.Tensor) -> th.Tensor:
+        """
+        :param tokens: (L, N) int64 input tokens in 0..9
+        :return: (L, N, C) logits
+        """
+        output, _ = self.core(self.embedding(tokens))
+        return self.readout(output)
+
+
+def build_model(config: CopyingConfig) -> CopyingModel:
+    """
+    The model that ``config`` describes, on ``config.device``, with weights seeded by ``config.seed``.
+
+    :param config: the run configuration
+    :return: the model
+    """
+    th.manual_seed(config.seed)
+    core: RIM | nn.LSTM
+    if config.model == "rim":
+        core = RIM(
+            config.embedding_size,
+            num_units=config.num_units,
+            unit_size=config.unit_size,
+            top_k=config.top_k,
+            cell=config.cell,
+        )
+    else:
+        core = nn.LSTM(config.embedding_size, config.hidden_size)
+    return CopyingModel(core, config.embedding_size).to(config.device)
+
+
+def fixed_test_batches(config: CopyingConfig, gap: int) -> list[tuple[th.Tensor, th.Tensor]]:
+    """
+    The fixed test batches for one gap: a function of ``(config.seed, gap)`` only, so runs with
+    different ``test_lengths`` or models see the same sequences for the same gap.
+
+    :param config: the run configuration (seed, batch size, number of batches, device)
+    :param gap: the test gap
+    :return: ``config.eval_batches`` pairs of (L, N) inputs and targets
+    """
+    seed = int(np.random.SeedSequence([config.seed, gap]).generate_state(1)[0])
+    generator = th.Generator().manual_seed(seed)
+    return [
+        copying_batch(config.batch_size, gap, generator, config.device) for _ in range(config.eval_batches)
+    ]
+
+
+@th.no_grad()
+def evaluate(
+    model: CopyingModel, batches: list[tuple[th.Tensor, th.Tensor]], gap: int
+) -> tuple[dict[str, float], th.Tensor | None]:
+    """
+    Metrics of ``model`` on ``batches`` (see the module docstring), in eval mode (no dropout).
+
+    :param model: the model; left in eval mode, the caller switches back to train mode
+    :param batches: (L, N) inputs and targets with ``L = gap + 20``
+    :param gap: their gap
+    :return: the metrics, and for a RIM core the fraction of steps each unit was active,
+        shape (num_layers, K) (``None`` for an LSTM)
+    """
+    model.eval()
+    recall = recall_slice(gap)
+    ce_recall = ce_all = 0.0
+    right_digits = right_sequences = sequences = positions = 0
+    unit_activity = None
+    for inputs, targets in batches:
+        logits = model(inputs)  # (L, N, C)
+        ce_all += F.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="sum").item()
+        positions += targets.numel()
+        recall_logits, recall_targets = logits[recall], targets[recall]  # (10, N, C), (10, N)
+        ce_recall += F.cross_entropy(
+            recall_logits.flatten(0, 1), recall_targets.flatten(), reduction="sum"
+        ).item()
+        right = recall_logits.argmax(dim=-1) == recall_targets  # (10, N)
+        right_digits += int(right.sum())
+        right_sequences += int(right.all(dim=0).sum())
+        sequences += targets.shape[1]
+        active = model.core.last_active if isinstance(model.core, RIM) else None
+        if active is not None:
+            # (L, num_layers, N, K) -> (num_layers, K), summed over batches
+            activity = active.float().mean(dim=(0, 2)).cpu()
+            unit_activity = activity if unit_activity is None else unit_activity + activity
+    metrics = {
+        "ce": ce_recall / (sequences * NUM_DIGITS),
+        "ce_all_positions": ce_all / positions,
+        "digit_acc": right_digits / (sequences * NUM_DIGITS),
+        "seq_acc": right_sequences / sequences,
+    }
+    if unit_activity is not None:
+        unit_activity = unit_activity / len(batches)
+    return metrics, unit_activity
+
+
+def train_epoch(
+    model: CopyingModel,
+    optimizer: th.optim.Optimizer,
+    config: CopyingConfig,
+    generator: th.Generator,
+    on_step: Any = None,
+) -> list[float]:
+    """
+    One epoch of ``config.batches_per_epoch`` Adam steps on fresh batches with gap
+    ``config.train_length``, in train mode (dropout on), with gradient-norm clipping.
+
+    :param model: the model; switched to train mode here, whatever evaluation left it in
+    :param optimizer: its optimizer
+    :param config: the run configuration
+    :param generator: source of the training data
+    :param on_step: called as ``on_step(loss_all_positions, loss_recall)`` after each step
+    :return: the training loss (cross-entropy over all positions) of each step
+    """
+    model.train()
+    recall = recall_slice(config.train_length)
+    losses = []
+    for _ in range(config.batches_per_epoch):
+        inputs, targets = copying_batch(config.batch_size, config.train_length, generator, config.device)
+        logits = model(inputs)  # (L, N, C)
+        loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten())
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        nn.utils.clip_grad_norm_(model.parameters(), config.clip)
+        optimizer.step()
+        losses.append(loss.item())
+        if on_step is not None:
+            with th.no_grad():
+                loss_recall = F.cross_entropy(logits[recall].flatten(0, 1), targets[recall].flatten())
+            on_step(losses[-1], loss_recall.item())
+    return losses
+
+
+def results_table(results: dict[str, Any]) -> str:
+    """
+    A markdown table of a ``results.json`` dictionary, one row per test gap.
+
+    :param results: what ``train_copying`` returns
+    :return: the table, with a header line naming the model and training gap
+    """
+    train_length = results["train_length"]
+    lines = [
+        f"copying task, model {results['model']}, trained on gap {train_length}",
+        "",
+        "| gap | length | CE recall (ours) | CE all positions (official) | digit acc | seq acc |",
+        "|---:|---:|---:|---:|---:|---:|",
+    ]
+    for gap, metrics in results["results"].items():
+        marker = " (train)" if int(gap) == train_length else ""
+        lines.append(
+            f"| {gap}{marker} | {int(gap) + 2 * NUM_DIGITS} | {metrics['ce']:.3f} | "
+            f"{metrics['ce_all_positions']:.3f} | {metrics['digit_acc']:.3f} | {metrics['seq_acc']:.3f} |"
+        )
+    return "\n".join(lines)
+
+
+def train_copying(config: CopyingConfig, output_dir: str | Path, progress: bool = True) -> dict[str, Any]:
+    """
+    Train on gap ``config.train_length``, evaluate on every ``config.test_lengths`` gap after each
+    epoch, and write to ``output_dir``: TensorBoard events, ``checkpoint.pt`` (model state,
+    optimizer state, config, epoch; rewritten every epoch) and at the end ``results.json``.
+
+    :param config: the run configuration
+    :param output_dir: the folder for everything this run writes (created if missing)
+    :param progress: show a progress bar on stderr
+    :return: the content of ``results.json``: ``{"model", "train_length", "config", "results":
+        {"<gap>": {"ce", "ce_all_positions", "digit_acc", "seq_acc"}}, "metric_definitions",
+        "epochs", "wall_time_s"}``
+    """
+    start = time.perf_counter()
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    model = build_model(config)
+    optimizer = th.optim.Adam(model.parameters(), lr=config.lr)
+    generator = th.Generator().manual_seed(config.seed)
+    test_sets = {gap: fixed_test_batches(config, gap) for gap in config.test_lengths}
+    writer = SummaryWriter(str(output_dir))
+    writer.add_text(
+        "hyperparameters",
+        "|param|value|\n|-|-|\n" + "\n".join(f"|{key}|{value}|" for key, value in config.to_dict().items()),
+    )
+    num_params = sum(parameter.numel() for parameter in model.parameters())
+    writer.add_scalar("charts/parameters", num_params, 0)
+
+    step = 0
+    bar = tqdm(
+        total=config.epochs * config.batches_per_epoch,
+        desc=f"copying {config.model} gap {config.train_length}",
+        disable=not progress,
+    )
+
+    def on_step(loss_all: float, loss_recall: float) -> None:
+        nonlocal step
+        step += 1
+        writer.add_scalar("losses/train_ce_all_positions", loss_all, step)
+        writer.add_scalar("losses/train_ce_recall", loss_recall, step)
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss_all:.4f}", recall=f"{loss_recall:.3f}")
+
+    metrics_by_gap: dict[str, dict[str, float]] = {}
+    try:
+        for epoch in range(1, config.epochs + 1):
+            epoch_start = time.perf_counter()
+            train_epoch(model, optimizer, config, generator, on_step)
+            writer.add_scalar(
+                "charts/steps_per_second",
+                config.batches_per_epoch / (time.perf_counter() - epoch_start),
+                step,
+            )
+            for gap, batches in test_sets.items():
+                metrics, unit_activity = evaluate(model, batches, gap)
+                metrics_by_gap[str(gap)] = metrics
+                for name, value in metrics.items():
+                    writer.add_scalar(f"eval_gap_{gap}/{name}", value, step)
+                if unit_activity is not None:
+                    for layer, activity in enumerate(unit_activity):
+                        for unit, frequency in enumerate(activity.tolist()):
+                            writer.add_scalar(f"units_gap_{gap}/layer{layer}_unit{unit}", frequency, step)
+            th.save(
+                {
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "config": config.to_dict(),
+                    "epoch": epoch,
+                },
+                output_dir / "checkpoint.pt",
+            )
+            summary = "  ".join(
+                f"gap {gap}: ce {metrics['ce']:.3f} seq {metrics['seq_acc']:.2f}"
+                for gap, metrics in metrics_by_gap.items()
+            )
+            bar.write(f"epoch {epoch}/{config.epochs}  {summary}")
+    finally:
+        bar.close()
+        writer.close()
+
+    results = {
+        "model": config.model,
+        "train_length": config.train_length,
+        "config": config.to_dict(),
+        "results": metrics_by_gap,
+        "metric_definitions": METRIC_DEFINITIONS,
+        "epochs": config.epochs,
+        "parameters": num_params,
+        "wall_time_s": round(time.perf_counter() - start, 1),
+    }
+    (output_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    return results
