@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 export OMP_WAIT_POLICY ?= PASSIVE
 
-.PHONY: install test test-slow lint format type check main lock bench clean
+.PHONY: install test test-slow lint format type check main copying lock bench clean
 
 $(STAMP): pyproject.toml requirements/constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -36,11 +36,19 @@ type: $(STAMP)
 
 check: lint type test
 
+main: $(STAMP)
+	$(PY) scripts/main.py
+
+copying: $(STAMP)
+	for model in rim lstm; do $(PY) scripts/train_copying.py --model $$model --output runs/copying/$$model; done
+
 bench: $(STAMP)
 	$(PY) bench/bench_rim.py
+	$(PY) bench/bench_ppo.py
 
 lock: $(STAMP)
-	$(PY) -m pip freeze --exclude-editable | sed -e 's/+cpu//' > requirements/constraints.txt.new
+	head -n 2 requirements/constraints.txt > requirements/constraints.txt.new
+	$(PY) -m pip freeze --exclude-editable | sed -e 's/+cpu//' >> requirements/constraints.txt.new
 	mv requirements/constraints.txt.new requirements/constraints.txt
 
 clean:
