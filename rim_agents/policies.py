@@ -43,6 +43,8 @@ _RIM_KWARGS_SET_BY_POLICY = {
     "num_layers": "n_lstm_layers",
     "batch_first": "sb3-contrib's time-major layout (always False)",
 }
+# RIM dropouts the policies set to 0 unless rim_kwargs gives them (see _resolve_rim_kwargs).
+_POLICY_ZERO_DROPOUTS = ("input_dropout", "comm_dropout")
 # nn.LSTM keyword arguments a RIM can only honour at the value it has built in.
 _LSTM_KWARGS_RIM_MATCHES: dict[str, Any] = {
     "bias": True,
@@ -99,6 +101,12 @@ def _resolve_rim_kwargs(
                 f"lstm_kwargs {key!r} is not an nn.LSTM argument the RIM core supports; allowed: "
                 f"{['dropout', *_LSTM_KWARGS_RIM_MATCHES]}. RIM hyperparameters go in rim_kwargs"
             )
+
+    # PPO's probability ratio compares log-probabilities from the rollout (eval mode) with
+    # those of the update (train mode): attention dropout would make that ratio noisy, so
+    # the policies default it to 0 (the paper's 0.1 is for supervised sequence tasks).
+    for key in _POLICY_ZERO_DROPOUTS:
+        resolved.setdefault(key, 0.0)
 
     num_units = resolved.get("num_units", _RIM_DEFAULTS["num_units"])
     unit_size = resolved.get("unit_size", _RIM_DEFAULTS["unit_size"])

@@ -151,6 +151,15 @@ def test_hidden_size_is_derived_from_rim_sizes() -> None:
     assert _policy(rim_kwargs=None).lstm_output_dim == 600
 
 
+def test_policy_attention_dropout_defaults_to_zero_unless_given() -> None:
+    policy = _policy()
+    assert policy.lstm_actor.layers[0].input_attention.dropout == 0.0
+    assert policy.lstm_actor.layers[0].communication.dropout == 0.0
+    given = _policy(rim_kwargs={**TINY_RIM, "input_dropout": 0.1, "comm_dropout": 0.2})
+    assert given.lstm_actor.layers[0].input_attention.dropout == 0.1
+    assert given.lstm_actor.layers[0].communication.dropout == 0.2
+
+
 def test_lstm_dropout_reaches_the_rim() -> None:
     policy = _policy(n_lstm_layers=2, lstm_kwargs=dict(dropout=0.25, bias=True))
     assert policy.lstm_actor.dropout == 0.25
