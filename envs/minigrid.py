@@ -1,0 +1,139 @@
+"""MiniGrid environments for RecurrentPPO: wrappers, seeding and episode statistics.
+
+Observation modes (``observation=``):
+
+- ``"symbolic"`` (default): the agent's egocentric 7x7 view as MiniGrid's symbolic
+  encoding ``(object, colour, state)`` per tile, ``uint8`` of shape (7, 7, 3). Values are
+  small integers, not pixels: the policy must not divide them by 255
+  (``normalize_images=False``) and needs a small CNN, not NatureCNN.
+- ``"rgb"``: the same partial view rendered as pixels, (7 * tile_size, 7 * tile_size, 3).
+
+``fully_observable=True`` shows the whole grid instead of the agent's view, in either mode
+(symbolic: (width, height, 3); rgb: (width * tile_size, height * tile_size, 3)).
+
+Success in MiniGrid is a positive reward at the end of an episode (the environment pays
+``1 - 0.9 * step_count / max_steps`` for reaching the goal and 0 otherwise); the factory
+writes it to ``info["is_success"]`` at the last step, which SB3 turns into
+``rollout/success_rate`` and ``eval/success_rate``.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable
+from typing import Any, SupportsFloat
+
+import gymnasium as gym
+import minigrid  # noqa: F401  (importing registers the MiniGrid-* ids with gymnasium)
+from minigrid.wrappers import FullyObsWrapper, ImgObsWrapper, RGBImgObsWrapper, RGBImgPartialObsWrapper
+from stable_baselines3.common.monitor import Monitor
+
+OBSERVATION_MODES = ("symbolic", "rgb")
+# Evaluation copies are built exactly like training copies: MiniGrid has no training-only wrappers.
+EVALUATION_KWARGS: dict[str, Any] = {}
+
+
+class SuccessInfo(gym.Wrapper):
+    """Set ``info["is_success"]`` at the last step of an episode: True when the reward there is positive.
+
+    :param env: a MiniGrid environment
+    """
+
+    def step(self, action: Any) -> tuple[Any, SupportsFloat, bool, bool, dict[str, Any]]:
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        if terminated or truncated:
+            info["is_success"] = bool(float(reward) > 0.0)
+        return obs, reward, terminated, truncated, info
+
+
+def env_ids() -> list[str]:
+    """All MiniGrid ids registered with gymnasium, sorted."""
+    return sorted(env_id for env_id in gym.registry if owns(env_id))
+
+
+def owns(env_id: str) -> bool:
+    """Whether ``env_id`` names this family (registered or not: a typo after the prefix is still ours).
+
+    :param env_id: an environment id
+    """
+    return env_id.startswith("MiniGrid-")
+
+
+def check_env_id(env_id: str) -> None:
+    """Raise a ValueError naming close matches when ``env_id`` is not a registered MiniGrid id.
+
+    :param env_id: e.g. ``"MiniGrid-MemoryS7-v0"``
+    """
+    known = env_ids()
+    if env_id in known:
+        return
+    close = difflib.get_close_matches(env_id, known, n=5, cutoff=0.5)
+    hint = (
+        f"close matches: {', '.join(close)}" if close else f"{len(known)} ids are registered, e.g. {known[0]}"
+    )
+    raise ValueError(f"env_id={env_id!r} is not a registered MiniGrid environment; {hint}")
+
+
+def make_minigrid(
+    env_id: str,
+    seed: int | None = None,
+    observation: str = "symbolic",
+    fully_observable: bool = False,
+    tile_size: int = 8,
+    render_mode: str | None = None,
+    max_steps: int | None = None,
+) -> gym.Env:
+    """Build one wrapped MiniGrid environment (Monitor outermost, so episode statistics are raw returns).
+
+    :param env_id: a registered MiniGrid id
+    :param seed: seeds the first ``reset`` and the action space; None leaves them unseeded
+    :param observation: ``"symbolic"`` (7x7x3 object/colour/state codes) or ``"rgb"`` (pixels)
+    :param fully_observable: observe the whole grid instead of the agent's 7x7 view
+    :param tile_size: pixels per tile in ``"rgb"`` mode
+    :param render_mode: None, or ``"rgb_array"`` for video frames
+    :param max_steps: episode step limit; None keeps the environment's own
+    :return: the environment; its observation space is a (H, W, 3) ``uint8`` Box
+    """
+    check_env_id(env_id)
+    if observation not in OBSERVATION_MODES:
+        raise ValueError(f"observation={observation!r} is not supported; use one of {OBSERVATION_MODES}")
+    if tile_size < 1:
+        raise ValueError(f"tile_size={tile_size} must be a positive number of pixels")
+    kwargs: dict[str, Any] = {"render_mode": render_mode}
+    if max_steps is not None:
+        if max_steps < 1:
+            raise ValueError(f"max_steps={max_steps} must be a positive number of steps")
+        kwargs["max_steps"] = max_steps
+    env = gym.make(env_id, **kwargs)
+    if observation == "rgb":
+        env = (
+            RGBImgObsWrapper(env, tile_size) if fully_observable else RGBImgPartialObsWrapper(env, tile_size)
+        )
+    elif fully_observable:
+        env = FullyObsWrapper(env)
+    # MiniGrid observations are dicts with the mission string; the image alone is what the policy reads.
+    env = ImgObsWrapper(env)
+    env = SuccessInfo(env)
+    env = Monitor(env, info_keywords=("is_success",))
+    if seed is not None:
+        env.reset(seed=seed)
+        env.action_space.seed(seed)
+    return env
+
+
+def make_env(env_id: str, seed: int | None = None, idx: int = 0, **kwargs: Any) -> Callable[[], gym.Env]:
+    """Return a thunk that builds environment number ``idx`` of a vectorised set (CleanRL style).
+
+    Environment ``idx`` is seeded with ``seed + idx`` so that parallel copies see different levels.
+
+    :param env_id: a registered MiniGrid id (checked now, not when the thunk runs)
+    :param seed: base seed; None leaves the environments unseeded
+    :param idx: index of this copy in the vectorised environment
+    :param kwargs: passed to :func:`make_minigrid` (``observation``, ``fully_observable``, ...)
+    """
+    check_env_id(env_id)
+
+    def thunk() -> gym.Env:
+        return make_minigrid(env_id, seed=None if seed is None else seed + idx, **kwargs)
+
+    return thunk

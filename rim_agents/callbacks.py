@@ -1,0 +1,273 @@
+"""Callbacks of the training core: RIM diagnostics for TensorBoard, checkpoints, evaluation with reporting.
+
+Symbols:
+    E - training environments    Y - RIM layers    K - units per layer
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from stable_baselines3.common.callbacks import BaseCallback, EvalCallback
+from stable_baselines3.common.logger import Figure as LoggedFigure
+from stable_baselines3.common.vec_env import VecEnv
+
+from rim_agents.nn import RIM
+from rim_agents.plotting import plot_unit_activity
+
+# report(num_timesteps, mean_return, success_rate or None) -> False to stop training.
+ReportFn = Callable[[int, float, float | None], bool | None]
+_IMAGE_ONLY = ("stdout", "log", "json", "csv")
+
+
+class RimDiagnosticsCallback(BaseCallback):
+    """Log how a RIM policy uses its units, from the masks its actor recorded during rollouts.
+
+    Reads ``model.policy.lstm_actor.last_active`` (``(1, Y, E, K)`` during rollouts) at
+    every step, right after the rollout's forward pass: no extra forward passes. Logged per
+    rollout, under ``rim/``:
+
+    - ``activation_freq/unit_<k>`` (``layer<y>_unit<k>`` with several layers): fraction of
+      steps unit k was active (the values of a layer sum to ``top_k``);
+    - ``active_set_change_rate``: fraction of consecutive steps within an episode at which
+      the active set changed (in any layer);
+    - ``unit_usage_entropy``: entropy of the units' share of activations divided by
+      ``log K``, averaged over layers (1 = all units used equally, 0 = one unit only);
+    - ``unit_activity`` (image, at most every ``heatmap_freq`` steps): units by steps over the
+      last finished episode of environment 0, with its rewards.
+
+    Must come before any evaluation callback in a ``CallbackList``: evaluation runs the same
+    actor on other environments and overwrites ``last_active``.
+
+    :param heatmap_freq: environment steps between two heatmaps
+    :param verbose: verbosity level
+    """
+
+    def __init__(self, heatmap_freq: int = 50_000, verbose: int = 0) -> None:
+        super().__init__(verbose)
+        if heatmap_freq < 1:
+            raise ValueError(f"heatmap_freq={heatmap_freq} must be a positive number of steps")
+        self.heatmap_freq = heatmap_freq
+
+    def _init_callback(self) -> None:
+        rim = self.model.policy.lstm_actor
+        if not isinstance(rim, RIM):
+            raise ValueError(
+                f"RimDiagnosticsCallback needs a RIM policy; lstm_actor is a {type(rim).__name__}"
+            )
+        self._rim = rim
+        self._shape = (rim.num_layers, rim.num_units)
+        self._reset_counts()
+        self._previous: np.ndarray | None = None  # (Y, E, K) masks of the previous step
+        self._episode: list[np.ndarray] = []  # env 0's (Y, K) masks in the running episode
+        self._episode_rewards: list[float] = []
+        self._last_episode: tuple[np.ndarray, np.ndarray] | None = None
+        self._last_heatmap = -self.heatmap_freq
+
+    def _reset_counts(self) -> None:
+        self._counts = np.zeros(self._shape)
+        self._samples = 0
+        self._changes = 0
+        self._comparisons = 0
+
+    def _on_step(self) -> bool:
+        active = self._rim.last_active
+        n_envs = self.training_env.num_envs
+        if active is None or active.shape[0] != 1 or active.shape[2] != n_envs:
+            return True  # not a rollout step's forward pass
+        masks = active[0].cpu().numpy()  # (Y, E, K)
+        self._counts += masks.sum(axis=1)
+        self._samples += n_envs
+        starts = (
+            self.locals["episode_starts"].cpu().numpy().astype(bool)
+        )  # (E,): state reset before this step
+        if self._previous is not None:
+            changed = (masks != self._previous).any(axis=(0, 2))  # (E,)
+            self._changes += int(changed[~starts].sum())
+            self._comparisons += int((~starts).sum())
+        self._previous = masks
+        self._episode.append(masks[:, 0])
+        self._episode_rewards.append(float(self.locals["rewards"][0]))
+        if self.locals["dones"][0]:
+            self._last_episode = (np.stack(self._episode), np.asarray(self._episode_rewards))
+            self._episode, self._episode_rewards = [], []
+        return True
+
+    def _on_rollout_end(self) -> None:
+        if self._samples == 0:
+            return
+        n_layers, n_units = self._shape
+        frequency = self._counts / self._samples  # (Y, K)
+        for layer in range(n_layers):
+            for unit in range(n_units):
+                name = f"layer{layer}_unit{unit}" if n_layers > 1 else f"unit{unit}"
+                self.logger.record(f"rim/activation_freq/{name}", float(frequency[layer, unit]))
+        if self._comparisons:
+            self.logger.record("rim/active_set_change_rate", self._changes / self._comparisons)
+        share = self._counts / np.maximum(self._counts.sum(axis=1, keepdims=True), 1)
+        entropy = -(share * np.log(np.where(share > 0, share, 1.0))).sum(axis=1)
+        if n_units > 1:
+            self.logger.record("rim/unit_usage_entropy", float(entropy.mean() / np.log(n_units)))
+        self._reset_counts()
+        if self._last_episode is not None and self.num_timesteps - self._last_heatmap >= self.heatmap_freq:
+            active, rewards = self._last_episode
+            title = f"env 0, episode ending before step {self.num_timesteps}: return {rewards.sum():.2f}"
+            figure = plot_unit_activity(active, rewards, title)
+            self.logger.record("rim/unit_activity", LoggedFigure(figure, close=True), exclude=_IMAGE_ONLY)
+            self._last_heatmap = self.num_timesteps
+
+
+class RolloutCheckpointCallback(BaseCallback):
+    """Save ``rl_model_<steps>_steps.zip`` when a rollout starts, i.e. once the previous update is done.
+
+    SB3's CheckpointCallback saves mid-rollout, so its step count includes steps that were
+    never trained on; here the count in a checkpoint is always fully trained work. A last
+    checkpoint is written when learning ends.
+
+    :param save_dir: folder for the checkpoints
+    :param save_freq: environment steps between checkpoints; 0 saves none (``save_interrupted`` still works)
+    :param verbose: verbosity level
+    """
+
+    def __init__(self, save_dir: str | Path, save_freq: int, verbose: int = 0) -> None:
+        super().__init__(verbose)
+        if save_freq < 0:
+            raise ValueError(f"save_freq={save_freq} must be a non-negative number of steps")
+        self.save_dir = Path(save_dir)
+        self.save_freq = save_freq
+
+    # The model's counter, not the callback's copy: that one is refreshed only in on_step.
+    def _init_callback(self) -> None:
+        self._trained_steps = self.model.num_timesteps
+        self._last_saved = self.model.num_timesteps
+
+    def _save(self) -> Path:
+        self.save_dir.mkdir(parents=True, exist_ok=True)
+        path = self.save_dir / f"rl_model_{self.model.num_timesteps}_steps.zip"
+        self.model.save(path)
+        self._last_saved = self.model.num_timesteps
+        return path
+
+    def _on_rollout_start(self) -> None:
+        self._trained_steps = self.model.num_timesteps
+        if self.save_freq and self.model.num_timesteps - self._last_saved >= self.save_freq:
+            self._save()
+
+    def _on_step(self) -> bool:
+        return True
+
+    def _on_training_end(self) -> None:
+        if self.save_freq and self.model.num_timesteps != self._last_saved:
+            self._save()
+
+    def save_interrupted(self) -> Path:
+        """Save a checkpoint after an interruption, counting only the steps already trained on.
+
+        Steps of a rollout in progress are dropped from ``num_timesteps``: resuming collects them again.
+        """
+        self.model.num_timesteps = self._trained_steps
+        return self._save()
+
+
+class StopAfterSeconds(BaseCallback):
+    """Stop learning at a rollout's first step once ``seconds`` of wall time have passed since it began.
+
+    Checked only when a rollout begins, so the stop wastes at most one vectorised step.
+
+    :param seconds: wall-time budget of this ``learn`` call
+    :param verbose: verbosity level
+    """
+
+    def __init__(self, seconds: float, verbose: int = 0) -> None:
+        super().__init__(verbose)
+        if seconds <= 0:
+            raise ValueError(f"seconds={seconds} must be positive")
+        self.seconds = seconds
+
+    def _on_training_start(self) -> None:
+        self._start = time.perf_counter()
+
+    def _on_step(self) -> bool:
+        if self.locals.get("n_steps") != 0 or time.perf_counter() - self._start < self.seconds:
+            return True
+        print(f"\nwall-time budget of {self.seconds:.0f} s reached at step {self.num_timesteps}", flush=True)
+        return False
+
+
+class ReportingEvalCallback(EvalCallback):
+    """SB3's EvalCallback that survives resuming and reports each evaluation.
+
+    Writes ``best_model.zip`` and ``best_model.json`` (steps and mean return of the best
+    evaluation) in ``run_dir`` and ``run_dir/eval/evaluations.npz``; when the run resumes,
+    earlier evaluations and the best return so far are read back, so the file keeps the
+    whole history and a worse model never replaces the best one.
+
+    :param eval_env: evaluation environments
+    :param run_dir: the run directory
+    :param n_eval_episodes: episodes per evaluation
+    :param eval_freq: evaluate every this many callback calls (vectorised steps)
+    :param deterministic: act with the most likely action
+    :param report: called as ``report(num_timesteps, mean_return, success_rate)`` after each
+        evaluation; returning False stops training
+    :param verbose: verbosity level
+    """
+
+    def __init__(
+        self,
+        eval_env: VecEnv,
+        run_dir: str | Path,
+        n_eval_episodes: int,
+        eval_freq: int,
+        deterministic: bool,
+        report: ReportFn | None = None,
+        verbose: int = 0,
+    ) -> None:
+        self.run_dir = Path(run_dir)
+        super().__init__(
+            eval_env,
+            n_eval_episodes=n_eval_episodes,
+            eval_freq=eval_freq,
+            log_path=str(self.run_dir / "eval"),
+            best_model_save_path=str(self.run_dir),
+            deterministic=deterministic,
+            verbose=verbose,
+            warn=False,
+        )
+        self.report = report
+
+    def _init_callback(self) -> None:
+        super()._init_callback()
+        history = Path(f"{self.log_path}.npz")
+        if history.is_file():
+            with np.load(history) as data:
+                self.evaluations_timesteps = data["timesteps"].tolist()
+                self.evaluations_results = data["results"].tolist()
+                self.evaluations_length = data["ep_lengths"].tolist()
+                if "successes" in data:
+                    self.evaluations_successes = data["successes"].tolist()
+        best = self.run_dir / "best_model.json"
+        if best.is_file():
+            self.best_mean_reward = float(json.loads(best.read_text())["mean_return"])
+
+    def _on_step(self) -> bool:
+        n_before = len(self.evaluations_timesteps)
+        best_before = self.best_mean_reward
+        continue_training = super()._on_step()
+        if len(self.evaluations_timesteps) == n_before:
+            return continue_training
+        if self.best_mean_reward > best_before:
+            record: dict[str, Any] = {
+                "num_timesteps": self.num_timesteps,
+                "mean_return": self.best_mean_reward,
+            }
+            (self.run_dir / "best_model.json").write_text(json.dumps(record))
+        if self.report is not None:
+            success = float(np.mean(self._is_success_buffer)) if self._is_success_buffer else None
+            if self.report(self.num_timesteps, float(self.last_mean_reward), success) is False:
+                continue_training = False
+        return continue_training

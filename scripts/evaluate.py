@@ -1,0 +1,60 @@
+"""Evaluate a saved RecurrentPPO agent (RIM or LSTM policy) over episodes.
+
+    python scripts/evaluate.py --model logs/<run>/final_model.zip --episodes 100
+    python scripts/evaluate.py --model logs/<run>/best_model.zip --env MiniGrid-MemoryS11-v0 \
+        --video videos/ --activations units.png --json result.json
+
+The environment defaults to the one in the run's config.yaml.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from rim_agents.evaluation import evaluate, format_result, write_json
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--model", required=True, help="saved agent (.zip)")
+    parser.add_argument("--env", default=None, help="environment id (default: the run's)")
+    parser.add_argument("--episodes", type=int, default=20, help="number of episodes")
+    parser.add_argument("--deterministic", action="store_true", help="most likely action instead of sampling")
+    parser.add_argument("--seed", type=int, default=0, help="environment seed")
+    parser.add_argument("--video", default=None, metavar="DIR", help="write one mp4 per episode here")
+    parser.add_argument(
+        "--activations", default=None, metavar="FILE.png", help="plot the first episode's active units"
+    )
+    parser.add_argument("--json", default=None, metavar="FILE", help="write the results as JSON")
+    parser.add_argument("--device", default="auto", help="torch device")
+    args = parser.parse_args(argv)
+    try:
+        result = evaluate(
+            args.model,
+            env_id=args.env,
+            episodes=args.episodes,
+            deterministic=args.deterministic,
+            seed=args.seed,
+            video_dir=args.video,
+            activations_path=args.activations,
+            device=args.device,
+        )
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(format_result(result))
+    if args.video:
+        print(f"videos: {args.video}")
+    if args.activations:
+        print(f"unit activity: {args.activations}")
+    if args.json:
+        write_json(result, args.json)
+        print(f"json: {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,76 @@
+"""The MiniGrid environment factory: observation shapes and dtypes, seeding, success flag, id errors."""
+
+import numpy as np
+import pytest
+
+from envs import env_family, make_env
+from envs.minigrid import make_minigrid
+
+
+def test_symbolic_observation_is_7x7x3_uint8_grid_of_small_indices():
+    env = make_env("MiniGrid-MemoryS7-v0", seed=0)()
+    obs, _ = env.reset(seed=0)
+    assert env.observation_space.shape == (7, 7, 3)
+    assert obs.shape == (7, 7, 3) and obs.dtype == np.uint8
+    assert obs.max() <= 10  # object/colour/state indices, not pixels
+
+
+def test_rgb_and_fully_observable_modes_change_the_shape():
+    assert make_minigrid("MiniGrid-MemoryS7-v0", observation="rgb", tile_size=8).observation_space.shape == (
+        56,
+        56,
+        3,
+    )
+    assert make_minigrid("MiniGrid-DoorKey-5x5-v0", fully_observable=True).observation_space.shape == (
+        5,
+        5,
+        3,
+    )
+    rgb_full = make_minigrid("MiniGrid-DoorKey-5x5-v0", observation="rgb", fully_observable=True, tile_size=4)
+    assert rgb_full.observation_space.shape == (20, 20, 3)
+
+
+def test_same_seed_same_level_and_copies_get_different_levels():
+    first = [make_env("MiniGrid-DoorKey-5x5-v0", seed=3, idx=i)() for i in range(2)]
+    again = make_env("MiniGrid-DoorKey-5x5-v0", seed=3, idx=0)()
+    grid = [env.unwrapped.grid.encode() for env in (*first, again)]
+    np.testing.assert_array_equal(grid[0], grid[2])
+    layouts = {
+        make_env("MiniGrid-DoorKey-5x5-v0", seed=3, idx=i)().unwrapped.grid.encode().tobytes()
+        for i in range(6)
+    }
+    assert len(layouts) > 1
+
+
+def test_is_success_at_episode_end_equals_positive_reward():
+    env = make_env("MiniGrid-MemoryS7-v0", seed=0)()
+    env.action_space.seed(0)
+    outcomes = []
+    for episode in range(30):
+        env.reset(seed=episode)
+        done = False
+        while not done:
+            _, reward, terminated, truncated, info = env.step(env.action_space.sample())
+            done = terminated or truncated
+            assert ("is_success" in info) == done
+        outcomes.append((info["is_success"], reward > 0, info["episode"]["r"]))
+    assert all(success == positive for success, positive, _ in outcomes)
+    assert {success for success, _, _ in outcomes} == {True, False}  # a random walk both succeeds and fails
+
+
+def test_unknown_minigrid_id_lists_close_matches():
+    with pytest.raises(ValueError, match=r"MiniGrid-MemoryS8-v0.*close matches: .*MiniGrid-MemoryS7-v0"):
+        make_env("MiniGrid-MemoryS8-v0")
+
+
+def test_id_of_no_family_is_rejected_with_suggestions():
+    with pytest.raises(ValueError, match=r"no supported family.*MiniGrid-MemoryS7-v0"):
+        env_family("MiniGird-MemoryS7-v0")
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"), [({"observation": "pixels"}, "observation"), ({"tile_size": 0}, "tile_size")]
+)
+def test_bad_options_name_the_argument(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        make_minigrid("MiniGrid-MemoryS7-v0", **kwargs)

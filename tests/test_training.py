@@ -1,0 +1,241 @@
+"""Training core and scripts/train_minigrid.py: run directory, resume, interrupts, diagnostics, bad config."""
+
+import importlib.util
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from sb3_contrib import RecurrentPPO
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from rim_agents.nn import RIM
+from rim_agents.training import (
+    HYPERPARAMS_FILE,
+    build_algorithm_kwargs,
+    find_run,
+    load_hyperparams,
+    make_config,
+    parse_overrides,
+    train,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+ENV = "MiniGrid-MemoryS7-v0"
+# Tiny RIM (3 units of 4, hidden size 12) and short episodes, so a run takes seconds.
+TINY_PARAMS = [
+    "n_steps:16",
+    "batch_size:32",
+    "n_epochs:1",
+    "env_kwargs.max_steps:20",
+    "policy_kwargs.net_arch:[8]",
+    "policy_kwargs.features_extractor_kwargs:{'features_dim':8}",
+    "policy_kwargs.rim_kwargs:{'num_units':3,'unit_size':4,'top_k':2}",
+]
+TINY = parse_overrides(TINY_PARAMS)
+
+
+def run_script(*args, timeout=240):
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_WAIT_POLICY": "PASSIVE"}
+    return subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "train_minigrid.py"), *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+        cwd=ROOT,
+    )
+
+
+def script_main(*args):
+    """Call scripts/train_minigrid.py's main in this process (no interpreter start-up)."""
+    spec = importlib.util.spec_from_file_location("train_minigrid", ROOT / "scripts" / "train_minigrid.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.main([str(arg) for arg in args])
+
+
+def tiny_config(tmp_path, **options):
+    options = {
+        "n_timesteps": 64,
+        "n_envs": 2,
+        "eval_freq": 0,
+        "save_freq": 32,
+        "progress_bar": False,
+        **options,
+    }
+    return make_config(ENV, seed=0, overrides=TINY, log_folder=str(tmp_path), device="cpu", **options)
+
+
+@pytest.fixture(scope="module")
+def script_run(tmp_path_factory):
+    """A 128-step RIM run through the script: checkpoints every 64 steps, evaluation every 64."""
+    folder = tmp_path_factory.mktemp("logs")
+    common = ["--n-envs", "2", "-f", folder, "--eval-freq", "64", "--eval-episodes", "2", "--save-freq", "64"]
+    result = run_script(
+        "--env", ENV, "--policy", "rim", "-n", "128", "--seed", "3", *common, "-params", *TINY_PARAMS
+    )
+    assert result.returncode == 0, result.stderr
+    return folder, result
+
+
+def test_script_writes_the_promised_run_directory(script_run):
+    folder, result = script_run
+    (run_dir,) = folder.iterdir()
+    assert re.fullmatch(rf"{ENV}__rim__3__\d+", run_dir.name)
+    assert f"run directory: {run_dir}" in result.stdout
+    assert f"tensorboard --logdir {folder}" in result.stdout
+    for name in ("config.yaml", "final_model.zip", "best_model.zip", "eval/evaluations.npz"):
+        assert (run_dir / name).is_file(), name
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == [
+        "rl_model_128_steps.zip",
+        "rl_model_64_steps.zip",
+    ]
+    assert list((run_dir / "tb").glob("events.out.tfevents.*"))
+    config = yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert config["hyperparams"]["policy_kwargs"]["rim_kwargs"] == {
+        "num_units": 3,
+        "unit_size": 4,
+        "top_k": 2,
+    }
+    assert config["n_timesteps"] == 128 and config["seed"] == 3
+
+
+def test_tensorboard_holds_rim_diagnostics_and_evaluations(script_run):
+    folder, _ = script_run
+    (run_dir,) = folder.iterdir()
+    events = EventAccumulator(str(run_dir / "tb"))
+    events.Reload()
+    scalars = set(events.Tags()["scalars"])
+    assert {f"rim/activation_freq/unit{k}" for k in range(3)} <= scalars
+    assert {
+        "rim/active_set_change_rate",
+        "rim/unit_usage_entropy",
+        "eval/mean_reward",
+        "eval/success_rate",
+    } <= scalars
+    assert "rim/unit_activity" in events.Tags()["images"]
+    # Each step activates exactly top_k = 2 of the 3 units.
+    last = [events.Scalars(f"rim/activation_freq/unit{k}")[-1].value for k in range(3)]
+    assert sum(last) == pytest.approx(2.0, abs=1e-5)
+
+
+def test_resume_continues_step_count_and_tensorboard_directory(script_run):
+    folder, _ = script_run
+    (run_dir,) = folder.iterdir()
+    result = run_script(
+        "--resume", run_dir / "checkpoints" / "rl_model_64_steps.zip", "-n", "192", "--save-freq", "64"
+    )
+    assert result.returncode == 0, result.stderr
+    assert RecurrentPPO.load(run_dir / "final_model.zip").num_timesteps == 192
+    assert (run_dir / "checkpoints" / "rl_model_192_steps.zip").is_file()
+    assert len(list(folder.iterdir())) == 1  # no new run directory
+    events = EventAccumulator(str(run_dir / "tb"))
+    events.Reload()
+    steps = [event.step for event in events.Scalars("rim/unit_usage_entropy")]
+    assert max(steps) == 192 and min(steps) <= 64  # one curve, first and resumed part
+
+
+def test_script_rejects_unknown_env_before_creating_a_run(tmp_path, capsys):
+    assert script_main("--env", "MiniGrid-MemoryS8-v0", "-f", tmp_path) == 2
+    stderr = capsys.readouterr().err
+    assert "close matches" in stderr and "MiniGrid-MemoryS7-v0" in stderr
+    assert not list(tmp_path.iterdir())
+
+
+def test_script_rejects_unknown_hyperparameter(tmp_path, capsys):
+    assert script_main("-f", tmp_path, "-params", "n_step:64") == 2
+    assert "unknown hyperparameter" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())
+
+
+def test_unknown_override_key_names_close_keys():
+    with pytest.raises(ValueError, match=r"'n_step'.*n_steps"):
+        make_config(ENV, overrides={"n_step": 64})
+
+
+def test_override_without_colon_is_rejected():
+    with pytest.raises(ValueError, match="key:value"):
+        parse_overrides(["n_steps=64"])
+
+
+def test_overrides_parse_literals_and_set_nested_keys():
+    overrides = parse_overrides(["n_steps:64", "learning_rate:lin_3e-4", "policy_kwargs.rim_kwargs.top_k:3"])
+    assert overrides == {"n_steps": 64, "learning_rate": "lin_3e-4", "policy_kwargs.rim_kwargs.top_k": 3}
+    config = make_config(ENV, overrides=overrides)
+    rim_kwargs = config.hyperparams["policy_kwargs"]["rim_kwargs"]
+    assert (
+        rim_kwargs["top_k"] == 3
+        and rim_kwargs["num_units"] == load_hyperparams(ENV)["policy_kwargs"]["rim_kwargs"]["num_units"]
+    )
+    _, _, kwargs = build_algorithm_kwargs(config)
+    assert kwargs["learning_rate"](1.0) == pytest.approx(3e-4) and kwargs["learning_rate"](
+        0.5
+    ) == pytest.approx(1.5e-4)
+
+
+def test_yaml_has_the_three_minigrid_tasks_with_known_keys():
+    table = yaml.safe_load(HYPERPARAMS_FILE.read_text())
+    for env_id in ("MiniGrid-MemoryS7-v0", "MiniGrid-MemoryS11-v0", "MiniGrid-DoorKey-5x5-v0"):
+        assert load_hyperparams(env_id)["policy"] == "CnnRimPolicy"
+        assert env_id in table
+
+
+def test_lstm_baseline_has_the_rims_total_hidden_size():
+    config = make_config(ENV, policy="lstm", overrides=TINY)
+    algorithm, policy_name, kwargs = build_algorithm_kwargs(config)
+    assert algorithm is RecurrentPPO and policy_name == "CnnLstmPolicy"
+    assert kwargs["policy_kwargs"]["lstm_hidden_size"] == 12 and "rim_kwargs" not in kwargs["policy_kwargs"]
+
+
+def test_interrupt_saves_a_checkpoint_of_trained_steps_only(tmp_path):
+    def interrupt(num_timesteps, mean_return, success_rate):
+        raise KeyboardInterrupt
+
+    # Evaluation every 48 steps falls in the middle of the second rollout (rollouts are 2 x 16 = 32 steps).
+    config = tiny_config(tmp_path, eval_freq=48, eval_episodes=1, save_freq=0)
+    with pytest.raises(KeyboardInterrupt):
+        train(config, report=interrupt)
+    (run_dir,) = tmp_path.iterdir()
+    checkpoint = run_dir / "checkpoints" / "rl_model_32_steps.zip"
+    assert [p.name for p in (run_dir / "checkpoints").iterdir()] == [checkpoint.name]
+    model = RecurrentPPO.load(checkpoint)
+    assert model.num_timesteps == 32 and isinstance(model.policy.lstm_actor, RIM)
+
+
+def test_report_returning_false_stops_training_early(tmp_path):
+    seen = []
+
+    def prune(num_timesteps, mean_return, success_rate):
+        seen.append((num_timesteps, success_rate))
+        return False
+
+    run_dir = train(tiny_config(tmp_path, n_timesteps=256, eval_freq=32, eval_episodes=1), report=prune)
+    assert seen == [(32, seen[0][1])] and seen[0][1] in (0.0, 1.0)
+    assert RecurrentPPO.load(run_dir / "final_model.zip").num_timesteps == 32
+
+
+def test_resume_errors_name_the_problem(tmp_path):
+    with pytest.raises(ValueError, match="does not exist"):
+        find_run(tmp_path / "missing.zip")
+    stray = tmp_path / "model.zip"
+    stray.write_bytes(b"")
+    with pytest.raises(ValueError, match="not inside a run directory"):
+        find_run(stray)
+    with pytest.raises(ValueError, match="no checkpoints"):
+        find_run(tmp_path)
+
+
+def test_resume_with_another_policy_is_refused(tmp_path, capsys):
+    run_dir = train(tiny_config(tmp_path, n_timesteps=32))
+    assert script_main("--resume", run_dir, "--policy", "lstm") == 2
+    assert "conflicts" in capsys.readouterr().err
+    assert script_main("--resume", tmp_path / "nowhere.zip") == 2
+    assert "does not exist" in capsys.readouterr().err
+    lstm_config = tiny_config(tmp_path, n_timesteps=64, policy="lstm")
+    with pytest.raises(ValueError, match="holds a RimActorCriticCnnPolicy"):
+        train(lstm_config, run_dir=run_dir)
+    assert yaml.safe_load((run_dir / "config.yaml").read_text())["policy"] == "rim"  # the run is untouched
