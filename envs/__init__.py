@@ -3,7 +3,7 @@
 ``make_env(env_id, seed, idx, **env_kwargs)`` returns a thunk that builds one wrapped,
 seeded environment with a Monitor, for ``DummyVecEnv`` / ``SubprocVecEnv``. A family is a
 module with ``owns(env_id)``, ``env_ids()``, ``check_env_id(env_id)``,
-``make_env(env_id, seed, idx, **kwargs)`` and ``EVALUATION_KWARGS``: the options an
+``make(env_id, seed, **kwargs)`` (one seeded, wrapped environment) and ``EVALUATION_KWARGS``: the options an
 evaluation environment overrides (Atari: whole games, unclipped rewards; MiniGrid: none).
 """
 
@@ -57,9 +57,15 @@ def make_env(
         Atari: ``frame_stack``, ``max_episode_steps``, ...)
     """
     family = FAMILIES[env_family(env_id)]
+    family.check_env_id(env_id)  # now, not when the thunk runs in a worker process
     if evaluation:
         env_kwargs = {**env_kwargs, **family.EVALUATION_KWARGS}
-    return family.make_env(env_id, seed=seed, idx=idx, **env_kwargs)
+    copy_seed = None if seed is None else seed + idx  # parallel copies see different levels
+
+    def thunk() -> gym.Env:
+        return family.make(env_id, seed=copy_seed, **env_kwargs)
+
+    return thunk
 
 
 __all__ = ["FAMILIES", "check_env_id", "env_family", "make_env"]

@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import difflib
 from collections import deque
-from collections.abc import Callable
 from typing import Any, SupportsFloat
 
 import ale_py
@@ -226,17 +225,5 @@ def make_atari(
     return env
 
 
-def make_env(env_id: str, seed: int | None = None, idx: int = 0, **kwargs: Any) -> Callable[[], gym.Env]:
-    """Return a thunk that builds environment number ``idx`` of a vectorised set, seeded ``seed + idx``.
-
-    :param env_id: a supported Atari id (checked now, not when the thunk runs)
-    :param seed: base seed; None leaves the environments unseeded
-    :param idx: index of this copy in the vectorised environment
-    :param kwargs: passed to :func:`make_atari` (``frame_stack``, ``clip_reward``, ...)
-    """
-    check_env_id(env_id)
-
-    def thunk() -> gym.Env:
-        return make_atari(env_id, seed=None if seed is None else seed + idx, **kwargs)
-
-    return thunk
+# The family builder that envs.make_env calls in each vectorised copy.
+make = make_atari

@@ -20,7 +20,6 @@ writes it to ``info["is_success"]`` at the last step, which SB3 turns into
 from __future__ import annotations
 
 import difflib
-from collections.abc import Callable
 from typing import Any, SupportsFloat
 
 import gymnasium as gym
@@ -121,19 +120,5 @@ def make_minigrid(
     return env
 
 
-def make_env(env_id: str, seed: int | None = None, idx: int = 0, **kwargs: Any) -> Callable[[], gym.Env]:
-    """Return a thunk that builds environment number ``idx`` of a vectorised set (CleanRL style).
-
-    Environment ``idx`` is seeded with ``seed + idx`` so that parallel copies see different levels.
-
-    :param env_id: a registered MiniGrid id (checked now, not when the thunk runs)
-    :param seed: base seed; None leaves the environments unseeded
-    :param idx: index of this copy in the vectorised environment
-    :param kwargs: passed to :func:`make_minigrid` (``observation``, ``fully_observable``, ...)
-    """
-    check_env_id(env_id)
-
-    def thunk() -> gym.Env:
-        return make_minigrid(env_id, seed=None if seed is None else seed + idx, **kwargs)
-
-    return thunk
+# The family builder that envs.make_env calls in each vectorised copy.
+make = make_minigrid
