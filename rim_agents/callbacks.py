@@ -7,12 +7,14 @@ Symbols:
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback, EvalCallback
 from stable_baselines3.common.logger import Figure as LoggedFigure
 from stable_baselines3.common.vec_env import VecEnv
@@ -23,6 +25,17 @@ from rim_agents.plotting import plot_unit_activity
 # report(num_timesteps, mean_return, success_rate or None) -> False to stop training.
 ReportFn = Callable[[int, float, float | None], bool | None]
 _IMAGE_ONLY = ("stdout", "log", "json", "csv")
+
+
+def save_atomically(model: BaseAlgorithm, path: Path) -> None:
+    """Save ``model`` to ``path`` through a temporary file in the same folder.
+
+    A process killed while writing leaves a stray ``.<name>.partial.zip``, never a truncated
+    zip under a checkpoint's name that a resume would then try to load.
+    """
+    partial = path.with_name(f".{path.stem}.partial.zip")
+    model.save(partial)
+    os.replace(partial, path)
 
 
 class RimDiagnosticsCallback(BaseCallback):
@@ -149,7 +162,7 @@ class RolloutCheckpointCallback(BaseCallback):
     def _save(self) -> Path:
         self.save_dir.mkdir(parents=True, exist_ok=True)
         path = self.save_dir / f"rl_model_{self.model.num_timesteps}_steps.zip"
-        self.model.save(path)
+        save_atomically(self.model, path)
         self._last_saved = self.model.num_timesteps
         return path
 

@@ -44,6 +44,7 @@ from rim_agents.callbacks import (
     RimDiagnosticsCallback,
     RolloutCheckpointCallback,
     StopAfterSeconds,
+    save_atomically,
 )
 from rim_agents.nn import RIM
 from rim_agents.ppo import RimPPO
@@ -530,7 +531,7 @@ def train(
                 path = checkpointer.save_interrupted()
                 print(f"\ninterrupted: saved {path}\nresume with: --resume {path}", flush=True)
                 raise
-        model.save(run_dir / "final_model.zip")
+        save_atomically(model, run_dir / "final_model.zip")
     finally:
         for vec_env in (env, eval_env):
             if vec_env is None:
