@@ -12,7 +12,7 @@ $(STAMP): pyproject.toml requirements/constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -c requirements/constraints.txt torch==2.13.0
-	$(PY) -m pip install --quiet -c requirements/constraints.txt -e '.[dev]'
+	$(PY) -m pip install --quiet -c requirements/constraints.txt -e '.[dev,sweep]'
 	touch $(STAMP)
 
 install: $(STAMP)

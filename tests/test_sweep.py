@@ -1,0 +1,341 @@
+"""Sweeps on Optuna: grids run each cell once with several workers, on a journal file and on PostgreSQL,
+a killed worker's trial resumes from its checkpoint, and bad input fails with a clear message."""
+
+import glob
+import importlib.util
+import json
+import os
+import pwd
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import optuna
+import pytest
+from matplotlib.image import imread
+from optuna.trial import TrialState
+
+from rim_agents.sweep import (
+    CELL,
+    INDEX,
+    RUN_NAME,
+    START_STEP,
+    WORKER,
+    Worker,
+    create_grid,
+    create_search,
+    load_grid,
+    open_storage,
+    report,
+    summarize,
+    work,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "scripts" / "sweep.py"
+# Tiny runs: a RIM of 3 units of 4, 20-step episodes, 2 envs x 16 steps per rollout, a checkpoint
+# every rollout and an evaluation of 2 episodes every 64 steps.
+TINY_GRID = """\
+env: MiniGrid-MemoryS7-v0
+policy: [rim, lstm]
+seed: [0, 1]
+n_timesteps: {steps}
+n_envs: 2
+eval_freq: 64
+eval_episodes: 2
+save_freq: 32
+device: cpu
+n_steps: 16
+batch_size: 32
+n_epochs: 1
+learning_rate: 1e-3
+env_kwargs.max_steps: 20
+policy_kwargs.net_arch: [[8]]
+policy_kwargs.features_extractor_kwargs: {{features_dim: 8}}
+policy_kwargs.rim_kwargs: {{num_units: 3, unit_size: 4, top_k: 2}}
+"""
+WORKER_ENV = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_WAIT_POLICY": "PASSIVE", "OMP_NUM_THREADS": "1"}
+
+
+def write_grid(folder, steps=128):
+    path = Path(folder) / "grid.yaml"
+    path.write_text(TINY_GRID.format(steps=steps))
+    return path
+
+
+def load(storage, study_name):
+    backend, _ = open_storage(storage)
+    return optuna.load_study(study_name=study_name, storage=backend)
+
+
+def assert_each_cell_complete_once(study, n_cells, output):
+    """Each cell has exactly one COMPLETE trial, nothing else is left, and each run reached its last step."""
+    complete = [t for t in study.trials if t.state == TrialState.COMPLETE]
+    assert sorted(t.user_attrs[INDEX] for t in complete) == list(range(n_cells))
+    assert [t.state for t in study.trials if t.state not in (TrialState.COMPLETE, TrialState.FAIL)] == []
+    for trial in complete:
+        run_dir = Path(output) / study.study_name / trial.user_attrs[RUN_NAME]
+        steps = [int(p.stem.split("_")[2]) for p in (run_dir / "checkpoints").glob("*.zip")]
+        assert max(steps) == trial.user_attrs[CELL]["n_timesteps"]
+    return complete
+
+
+def start_worker(storage, study_name, output, log):
+    command = [sys.executable, str(SCRIPT), "work", "--storage", storage, "--study", study_name]
+    command += ["--output", str(output), "--heartbeat", "1", "--grace", "2"]
+    return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=WORKER_ENV, cwd=ROOT)
+
+
+def kill_a_worker_mid_trial(storage, study_name, output, workers, timeout=120):
+    """SIGKILL the worker of the first running trial that has checkpoints but no final model."""
+    pids = {worker.pid: worker for worker in workers}
+    backend, _ = open_storage(storage)
+    study = optuna.load_study(study_name=study_name, storage=backend)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for trial in study.get_trials(states=(TrialState.RUNNING,)):
+            run_dir = Path(output) / study_name / trial.user_attrs.get(RUN_NAME, "-")
+            pid = int(trial.user_attrs.get(WORKER, "x:0").rsplit(":", 1)[1])
+            # Two checkpoints: the first is complete (the second may be half written; resuming skips it).
+            saved = len(list(run_dir.glob("checkpoints/*.zip"))) >= 2
+            if pid in pids and saved and not (run_dir / "final_model.zip").exists():
+                os.kill(pid, signal.SIGKILL)
+                pids[pid].wait()
+                return trial.number
+        time.sleep(0.1)
+    raise AssertionError("no worker reached a checkpoint in time")
+
+
+def finish(workers, logs, timeout=150):
+    for worker in workers:
+        worker.wait(timeout=timeout)
+    return "\n".join(Path(log.name).read_text() for log in logs)
+
+
+def free_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def postgres_bindir():
+    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/pg_ctl"), key=lambda p: int(Path(p).parts[-3]))
+    if found:
+        return Path(found[-1]).parent
+    initdb = shutil.which("initdb")
+    return Path(initdb).parent if initdb else None
+
+
+@pytest.fixture(scope="module")
+def postgres_url():
+    """A throwaway PostgreSQL server on 127.0.0.1 at a free port, stopped and deleted afterwards."""
+    pytest.importorskip("psycopg", reason="the sweep extra's PostgreSQL driver psycopg is not installed")
+    bindir = postgres_bindir()
+    if bindir is None:
+        pytest.skip("PostgreSQL server binaries not found: apt-get install -y postgresql")
+    prefix: list[str] = []
+    # Not pytest's tmp_path: its parents are private to root, and the server may not run as root.
+    folder = Path(tempfile.mkdtemp(prefix="rim-sweep-pg-"))
+    if os.geteuid() == 0:
+        try:
+            user = pwd.getpwnam("postgres")
+        except KeyError:
+            pytest.skip("running as root and there is no 'postgres' user to run the server as")
+        os.chown(folder, user.pw_uid, user.pw_gid)
+        prefix = ["runuser", "-u", "postgres", "--"]
+    data, port = folder / "data", free_port()
+    subprocess.run(
+        [*prefix, bindir / "initdb", "-D", data, "-A", "trust", "-U", "postgres", "-E", "UTF8", "--no-sync"],
+        check=True,
+        capture_output=True,
+    )
+    options = f"-p {port} -k {folder} -c listen_addresses=127.0.0.1 -c fsync=off"
+    subprocess.run(
+        [*prefix, bindir / "pg_ctl", "-D", data, "-l", folder / "server.log", "-o", options, "-w", "start"],
+        check=True,
+        capture_output=True,
+    )
+    try:
+        yield f"postgresql://postgres@127.0.0.1:{port}/postgres"
+    finally:
+        subprocess.run(
+            [*prefix, bindir / "pg_ctl", "-D", data, "-m", "immediate", "-w", "stop"], capture_output=True
+        )
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_two_workers_on_a_journal_file_run_each_cell_once_and_report_aggregates(tmp_path):
+    storage, output = str(tmp_path / "sweeps.log"), tmp_path / "runs"
+    assert create_grid(storage, "grid", write_grid(tmp_path)) == 4
+    assert work(storage, "grid", output, workers=2, heartbeat=1, grace=2) == 0
+
+    study = load(storage, "grid")
+    complete = assert_each_cell_complete_once(study, 4, output)
+    assert len(study.trials) == 4
+    assert len({t.user_attrs[WORKER] for t in complete}) == 2  # both workers took cells
+
+    text = report(storage, "grid", output, tmp_path / "rows.json", tmp_path / "curves.png", threshold=-1.0)
+    rows = json.loads((tmp_path / "rows.json").read_text())
+    assert [row["policy"] for row in rows] == ["rim", "lstm"] and all(row["n_seeds"] == 2 for row in rows)
+    for row in rows:
+        values = [t.value for t in complete if t.user_attrs[CELL]["policy"] == row["policy"]]
+        assert row["mean_return"] == pytest.approx(np.mean(values))
+        assert row["std_return"] == pytest.approx(np.std(values, ddof=1))
+        assert 0.0 <= row["success_rate"] <= 1.0
+        assert row["steps_to_threshold"] == 64 and row["n_reached"] == 2  # every return is >= -1
+        assert "seed" not in row
+    assert "4/4 complete" in text and "| policy | seeds | final return | success rate |" in text
+    assert text.count("| rim | 2 | ") == 1 and text.count("| lstm | 2 | ") == 1
+    image = imread(tmp_path / "curves.png")
+    assert image.shape[0] == 400 and image.shape[1] == 600
+
+
+def test_two_workers_on_postgresql_finish_the_grid_after_one_is_killed(tmp_path, postgres_url):
+    output = tmp_path / "runs"
+    assert create_grid(postgres_url, "killed", write_grid(tmp_path)) == 4
+    logs = [open(tmp_path / f"worker{i}.log", "w") for i in range(2)]  # noqa: SIM115 - closed by the OS at exit
+    workers = [start_worker(postgres_url, "killed", output, log) for log in logs]
+    killed = kill_a_worker_mid_trial(postgres_url, "killed", output, workers)
+    text = finish(workers, logs)
+    assert sorted(worker.returncode for worker in workers) == [-signal.SIGKILL, 0], text
+
+    study = load(postgres_url, "killed")
+    assert_each_cell_complete_once(study, 4, output)
+    failed = study.trials[killed]
+    assert failed.state == TrialState.FAIL and len(study.trials) == 5
+    (retry,) = [t for t in study.trials if t.system_attrs.get("failed_trial") == killed]
+    assert retry.state == TrialState.COMPLETE
+    assert retry.user_attrs[RUN_NAME] == failed.user_attrs[RUN_NAME]  # the same run directory
+    assert 0 < retry.user_attrs[START_STEP] < 128  # resumed from a checkpoint, not from zero
+
+
+def test_a_killed_workers_journal_trial_resumes_from_its_checkpoint(tmp_path, capsys):
+    storage, output = str(tmp_path / "sweeps.log"), tmp_path / "runs"
+    grid = write_grid(tmp_path, steps=256).read_text().replace("seed: [0, 1]", "seed: 0")
+    (tmp_path / "one.yaml").write_text(grid.replace("policy: [rim, lstm]", "policy: rim"))
+    assert create_grid(storage, "one", tmp_path / "one.yaml") == 1
+    with open(tmp_path / "worker.log", "w") as log:
+        first = start_worker(storage, "one", output, log)
+        killed = kill_a_worker_mid_trial(storage, "one", output, [first])
+    # A second worker (here, in this process) finds the trial running with a stale heartbeat.
+    assert work(storage, "one", output, heartbeat=1, grace=2) == 0
+    assert f"queued trial {killed} (cell 0) again" in capsys.readouterr().out
+
+    study = load(storage, "one")
+    assert_each_cell_complete_once(study, 1, output)
+    assert [t.state for t in study.trials] == [TrialState.FAIL, TrialState.COMPLETE]
+    retry = study.trials[1]
+    assert retry.system_attrs["failed_trial"] == killed
+    assert retry.user_attrs[RUN_NAME] == study.trials[0].user_attrs[RUN_NAME]
+    assert 0 < retry.user_attrs[START_STEP] < 256
+
+
+def test_grid_file_lists_are_axes_and_one_element_lists_fixed_values(tmp_path):
+    axes, cells = load_grid(write_grid(tmp_path))
+    assert axes == ["policy", "seed"]
+    assert [(c["policy"], c["seed"]) for c in cells] == [("rim", 0), ("rim", 1), ("lstm", 0), ("lstm", 1)]
+    assert cells[0]["policy_kwargs.net_arch"] == [8] and cells[0]["learning_rate"] == pytest.approx(1e-3)
+
+
+@pytest.mark.parametrize(
+    ("grid", "message"),
+    [
+        ("", "is empty"),
+        ("env: MiniGrid-MemoryS7-v0\nn_step: [16, 32]\n", r"unknown key 'n_step'.*close: n_steps"),
+        ("env: MiniGrid-MemoryS7-v0\nseed: []\n", "grid axis 'seed' .* is an empty list"),
+        ("env: MiniGrid-MemoryS7-v0\nseed: [0, 0]\n", "repeats a value"),
+        ("policy: [rim, lstm]\n", "has no env key"),
+        ("env: MiniGrid-MemoryS7-v0\nn_timesteps: 32\neval_freq: 64\n", "eval_freq=64 must be between 1 and"),
+    ],
+)
+def test_bad_grid_is_refused_before_a_study_exists(tmp_path, grid, message):
+    (tmp_path / "grid.yaml").write_text(grid)
+    storage = str(tmp_path / "sweeps.log")
+    with pytest.raises(ValueError, match=message):
+        create_grid(storage, "bad", tmp_path / "grid.yaml")
+    assert not (tmp_path / "sweeps.log").exists()
+
+
+def test_bad_storage_and_study_errors_name_the_problem(tmp_path):
+    grid = write_grid(tmp_path)
+    with pytest.raises(ValueError, match=r"unknown scheme 'mysql'.*postgresql://"):
+        create_grid("mysql://user:secret@localhost/db", "s", grid)
+    with pytest.raises(ValueError, match="no journal file there"):
+        work(str(tmp_path / "missing.log"), "s", tmp_path)
+    storage = str(tmp_path / "sweeps.log")
+    create_grid(storage, "s", grid)
+    with pytest.raises(ValueError, match=r"already exists"):
+        create_grid(storage, "s", grid)
+    with pytest.raises(ValueError, match=r"study='t' is not in .*studies there: \['s'\]"):
+        work(storage, "t", tmp_path)
+    with pytest.raises(ValueError, match=r"grace=1 must be .* longer than heartbeat=1"):
+        work(storage, "s", tmp_path, heartbeat=1, grace=1)
+
+
+def test_unreachable_database_is_a_clear_error_without_the_password(tmp_path):
+    pytest.importorskip("psycopg", reason="the sweep extra's PostgreSQL driver psycopg is not installed")
+    url = f"postgresql://user:secret@127.0.0.1:{free_port()}/sweeps"
+    with pytest.raises(ValueError, match=r"cannot reach the database 'postgresql://user:\*\*\*@127") as error:
+        create_grid(url, "s", write_grid(tmp_path))
+    assert "secret" not in str(error.value)
+
+
+def test_script_reports_bad_input_with_exit_code_2(tmp_path, capsys):
+    spec = importlib.util.spec_from_file_location("sweep_script", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    (tmp_path / "grid.yaml").write_text("")
+    assert (
+        module.main(
+            [
+                "create",
+                "--storage",
+                str(tmp_path / "s.log"),
+                "--study",
+                "x",
+                "--grid",
+                str(tmp_path / "grid.yaml"),
+            ]
+        )
+        == 2
+    )
+    assert "error: grid file" in capsys.readouterr().err
+
+
+def test_search_samples_each_queued_trial_inside_the_space_and_ranks_by_return(tmp_path):
+    space = write_grid(tmp_path).read_text()
+    space = space.replace("policy: [rim, lstm]\nseed: [0, 1]\n", "")
+    space = space.replace(
+        "learning_rate: 1e-3", "learning_rate: {float: [1e-4, 1e-2], log: true}\nn_epochs: [1, 2]"
+    )
+    space = space.replace("n_epochs: 1\n", "")
+    (tmp_path / "space.yaml").write_text(space)
+    storage, output = str(tmp_path / "sweeps.log"), tmp_path / "runs"
+    assert create_search(storage, "tpe", tmp_path / "space.yaml", n_trials=2, n_startup_trials=1) == 2
+    worker = Worker(storage, "tpe", output, heartbeat=1, grace=2, max_retry=3)
+    assert isinstance(worker.study.pruner, optuna.pruners.MedianPruner)
+    assert isinstance(worker.study.sampler, optuna.samplers.TPESampler)
+    assert worker.run() == 0
+
+    study = load(storage, "tpe")
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 2
+    for trial in study.trials:
+        cell = trial.user_attrs[CELL]
+        assert 1e-4 <= cell["learning_rate"] <= 1e-2 and cell["n_epochs"] in (1, 2)
+        assert trial.params == {"learning_rate": cell["learning_rate"], "n_epochs": cell["n_epochs"]}
+    _, axes, rows, _ = summarize(storage, "tpe", output)
+    assert axes == ["learning_rate", "n_epochs"]
+    assert [row["mean_return"] for row in rows] == sorted((t.value for t in study.trials), reverse=True)
+
+
+def test_grid_studies_are_never_pruned(tmp_path):
+    storage = str(tmp_path / "sweeps.log")
+    create_grid(storage, "grid", write_grid(tmp_path))
+    worker = Worker(storage, "grid", tmp_path, heartbeat=1, grace=2, max_retry=3)
+    assert isinstance(worker.study.pruner, optuna.pruners.NopPruner)
