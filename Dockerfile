@@ -21,7 +21,7 @@ COPY . .
 RUN python -m venv .venv \
     && .venv/bin/pip install --no-cache-dir --upgrade pip \
     && .venv/bin/pip install --no-cache-dir torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu \
-    && .venv/bin/pip install --no-cache-dir -c requirements/constraints.txt -e '.[dev]' \
+    && .venv/bin/pip install --no-cache-dir -c requirements/constraints.txt -e '.[dev,sweep]' \
     && touch .venv/.installed
 
 CMD ["make", "main"]
