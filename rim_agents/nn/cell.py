@@ -159,13 +159,14 @@ class RIMCell(nn.Module):
         hidden_gates, query = recurrent.split([gate_width, recurrent.shape[-1] - gate_width], dim=-1)
         read_weight, active = self.input_attention.select(query, keys, self.top_k)
         read_weight = read_weight.unsqueeze(-1)
+        mask = active.unsqueeze(-1)
         if self.cell == "lstm":
             gates = torch.addcmul(hidden_gates, read_weight, input_gates)
             ifo, cand = gates.split([3 * self.unit_size, self.unit_size], dim=-1)
             i, f, o = torch.sigmoid(ifo).chunk(3, dim=-1)
             c_new = torch.addcmul(f * c, i, torch.tanh(cand))
             h_new = o * torch.tanh(c_new)
-            c_new = torch.where(active.unsqueeze(-1), c_new, c)
+            c_new = torch.where(mask, c_new, c)
         else:
             x_gates = torch.addcmul(self.bias_ih.unsqueeze(1), read_weight, input_gates)
             x_rz, x_n = x_gates.split([2 * self.unit_size, self.unit_size], dim=-1)
@@ -174,7 +175,6 @@ class RIMCell(nn.Module):
             cand = torch.tanh(torch.addcmul(x_n, r, h_n))
             h_new = torch.lerp(cand, h, z)  # (1 - z) * cand + z * h
             c_new = c
-        mask = active.unsqueeze(-1)
         h_new = torch.where(mask, h_new, h)
         if self.communication is not None:
             h_new = torch.where(mask, h_new + self.communication(h_new), h)

@@ -248,7 +248,8 @@ class RIM(nn.Module):
             for t, (keys, gates) in enumerate(zip(prepared.keys, prepared.gates, strict=True)):
                 if keep is not None:
                     h = h * keep[t]
-                    c = c * keep[t]
+                    if self.cell == "lstm":  # a GRU's c stays zero
+                        c = c * keep[t]
                 h, c, active = layer.step(keys, gates, h, c, weights)
                 outputs.append(h)
                 actives.append(active)
