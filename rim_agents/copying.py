@@ -47,6 +47,7 @@ from rim_agents.nn import RIM
 
 MODELS = ("rim", "lstm")
 CELLS = ("lstm", "gru")
+LR_SCHEDULES = ("constant", "cosine")
 
 METRIC_DEFINITIONS = {
     "ce": "cross-entropy (nats) over the ten recall positions only (ours, the headline)",
@@ -79,7 +80,8 @@ class CopyingConfig:
     :param batches_per_epoch: training batches per epoch (fresh data every batch)
     :param batch_size: sequences per training and evaluation batch
     :param eval_batches: batches per test gap; the test sets are fixed by ``seed`` and the gap
-    :param lr: Adam learning rate
+    :param lr: Adam learning rate (the peak, with ``lr_schedule="cosine"``)
+    :param lr_schedule: "constant", or "cosine": from ``lr`` down to 0 at the last update
     :param clip: maximum gradient norm
     :param seed: seeds the weights, the training data and the test sets
     :param embedding_size: size of the token embedding fed to the recurrent core
@@ -87,27 +89,36 @@ class CopyingConfig:
     :param unit_size: RIM unit size H (hidden size K*H)
     :param top_k: RIM units active per step
     :param cell: RIM unit dynamics, "lstm" or "gru"
+    :param input_dropout: RIM dropout on the input-attention weights (paper: 0.1)
+    :param comm_dropout: RIM dropout on the communication-attention weights (paper: 0.1)
     :param hidden_size: hidden size of the LSTM baseline
     :param device: torch device string ("cpu", "cuda", "cuda:1", ...)
+    :param num_threads: CPU threads torch uses during the run (restored afterwards); one is the
+        fastest for the RIM's many small per-step operations on a CPU (docs/benchmarks.md), and
+        the thread count changes the summation order, so results depend on it
     """
 
     model: str = "rim"
     train_length: int = 5
     test_lengths: tuple[int, ...] = (5, 20, 50)
-    epochs: int = 5
+    epochs: int = 8
     batches_per_epoch: int = 200
     batch_size: int = 64
     eval_batches: int = 4
     lr: float = 3e-3
+    lr_schedule: str = "cosine"
     clip: float = 1.0
     seed: int = 0
     embedding_size: int = 32
     num_units: int = 6
-    unit_size: int = 32
+    unit_size: int = 64
     top_k: int = 4
     cell: str = "lstm"
-    hidden_size: int = 192
+    input_dropout: float = 0.0
+    comm_dropout: float = 0.0
+    hidden_size: int = 384
     device: str = "cpu"
+    num_threads: int = 1
 
     def __post_init__(self) -> None:
         self.test_lengths = tuple(self.test_lengths)
@@ -115,6 +126,8 @@ class CopyingConfig:
             raise ConfigError("model", self.model, f"one of {', '.join(MODELS)}")
         if self.cell not in CELLS:
             raise ConfigError("cell", self.cell, f"one of {', '.join(CELLS)}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ConfigError("lr_schedule", self.lr_schedule, f"one of {', '.join(LR_SCHEDULES)}")
         positive_ints = (
             "train_length",
             "epochs",
@@ -125,6 +138,7 @@ class CopyingConfig:
             "num_units",
             "unit_size",
             "hidden_size",
+            "num_threads",
         )
         for name in positive_ints:
             value = getattr(self, name)
@@ -147,6 +161,10 @@ class CopyingConfig:
             value = getattr(self, name)
             if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
                 raise ConfigError(name, value, "a positive finite number")
+        for name in ("input_dropout", "comm_dropout"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float) or not 0.0 <= value < 1.0:
+                raise ConfigError(name, value, "a number in [0, 1)")
         try:
             device = th.device(self.device)
         except RuntimeError as error:
@@ -168,7 +186,8 @@ def paper_config(model: str = "rim") -> CopyingConfig:
     The paper's setting (Table 1, appendix D.1): gap 50 for training and 200 for testing, RIMs with
     6 units of 100 and k=4, the LSTM baseline with 600 units, batch 64, Adam 1e-3. The number of
     updates is not stated in the paper; the official script runs 200 batches per epoch for 200
-    epochs and embeds tokens in as many dimensions as the hidden size (600), and so does this.
+    epochs at a constant learning rate and embeds tokens in as many dimensions as the hidden size
+    (600), and so does this, with the paper's attention dropouts (0.1).
 
     :param model: "rim" or "lstm"
     :return: the configuration
@@ -182,10 +201,13 @@ def paper_config(model: str = "rim") -> CopyingConfig:
         batch_size=64,
         eval_batches=16,
         lr=1e-3,
+        lr_schedule="constant",
         embedding_size=600,
         num_units=6,
         unit_size=100,
         top_k=4,
+        input_dropout=0.1,
+        comm_dropout=0.1,
         hidden_size=600,
     )
 
@@ -230,10 +252,31 @@ def build_model(config: CopyingConfig) -> CopyingModel:
             unit_size=config.unit_size,
             top_k=config.top_k,
             cell=config.cell,
+            input_dropout=config.input_dropout,
+            comm_dropout=config.comm_dropout,
         )
     else:
         core = nn.LSTM(config.embedding_size, config.hidden_size)
     return CopyingModel(core, config.embedding_size).to(config.device)
+
+
+def build_scheduler(
+    optimizer: th.optim.Optimizer, config: CopyingConfig
+) -> th.optim.lr_scheduler.LRScheduler | None:
+    """
+    The learning-rate schedule of ``config``, stepped once per update.
+
+    :param optimizer: the optimizer whose learning rate it sets
+    :param config: the run configuration (``lr_schedule``, ``epochs``, ``batches_per_epoch``)
+    :return: ``None`` for a constant rate; for "cosine", a schedule that multiplies ``lr`` by
+        ``(1 + cos(pi * u / U)) / 2`` at update ``u`` of ``U``, so the last update uses a rate near 0
+    """
+    if config.lr_schedule == "constant":
+        return None
+    updates = config.epochs * config.batches_per_epoch
+    return th.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda update: 0.5 * (1.0 + math.cos(math.pi * min(update, updates) / updates))
+    )
 
 
 def fixed_test_batches(config: CopyingConfig, gap: int) -> list[tuple[th.Tensor, th.Tensor]]:
@@ -304,6 +347,7 @@ def train_epoch(
     config: CopyingConfig,
     generator: th.Generator,
     on_step: Any = None,
+    scheduler: th.optim.lr_scheduler.LRScheduler | None = None,
 ) -> list[float]:
     """
     One epoch of ``config.batches_per_epoch`` Adam steps on fresh batches with gap
@@ -314,6 +358,7 @@ def train_epoch(
     :param config: the run configuration
     :param generator: source of the training data
     :param on_step: called as ``on_step(loss_all_positions, loss_recall)`` after each step
+    :param scheduler: learning-rate schedule stepped after every update (``None``: constant)
     :return: the training loss (cross-entropy over all positions) of each step
     """
     model.train()
@@ -327,6 +372,8 @@ def train_epoch(
         loss.backward()
         nn.utils.clip_grad_norm_(model.parameters(), config.clip)
         optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
         losses.append(loss.item())
         if on_step is not None:
             with th.no_grad():
@@ -362,7 +409,7 @@ def train_copying(config: CopyingConfig, output_dir: str | Path, progress: bool 
     """
     Train on gap ``config.train_length``, evaluate on every ``config.test_lengths`` gap after each
     epoch, and write to ``output_dir``: TensorBoard events, ``checkpoint.pt`` (model state,
-    optimizer state, config, epoch; rewritten every epoch) and at the end ``results.json``.
+    optimizer and scheduler state, config, epoch; rewritten every epoch) and at the end ``results.json``.
 
     :param config: the run configuration
     :param output_dir: the folder for everything this run writes (created if missing)
@@ -371,11 +418,21 @@ def train_copying(config: CopyingConfig, output_dir: str | Path, progress: bool 
         {"<gap>": {"ce", "ce_all_positions", "digit_acc", "seq_acc"}}, "metric_definitions",
         "epochs", "wall_time_s"}``
     """
+    threads = th.get_num_threads()
+    th.set_num_threads(config.num_threads)
+    try:
+        return _train_copying(config, Path(output_dir), progress)
+    finally:
+        th.set_num_threads(threads)
+
+
+def _train_copying(config: CopyingConfig, output_dir: Path, progress: bool) -> dict[str, Any]:
+    """``train_copying`` with the thread count already set."""
     start = time.perf_counter()
-    output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     model = build_model(config)
     optimizer = th.optim.Adam(model.parameters(), lr=config.lr)
+    scheduler = build_scheduler(optimizer, config)
     generator = th.Generator().manual_seed(config.seed)
     test_sets = {gap: fixed_test_batches(config, gap) for gap in config.test_lengths}
     writer = SummaryWriter(str(output_dir))
@@ -398,6 +455,7 @@ def train_copying(config: CopyingConfig, output_dir: str | Path, progress: bool 
         step += 1
         writer.add_scalar("losses/train_ce_all_positions", loss_all, step)
         writer.add_scalar("losses/train_ce_recall", loss_recall, step)
+        writer.add_scalar("charts/learning_rate", optimizer.param_groups[0]["lr"], step)
         bar.update(1)
         bar.set_postfix(loss=f"{loss_all:.4f}", recall=f"{loss_recall:.3f}")
 
@@ -405,7 +463,7 @@ def train_copying(config: CopyingConfig, output_dir: str | Path, progress: bool 
     try:
         for epoch in range(1, config.epochs + 1):
             epoch_start = time.perf_counter()
-            train_epoch(model, optimizer, config, generator, on_step)
+            train_epoch(model, optimizer, config, generator, on_step, scheduler)
             writer.add_scalar(
                 "charts/steps_per_second",
                 config.batches_per_epoch / (time.perf_counter() - epoch_start),
@@ -424,6 +482,7 @@ def train_copying(config: CopyingConfig, output_dir: str | Path, progress: bool 
                 {
                     "model": model.state_dict(),
                     "optimizer": optimizer.state_dict(),
+                    "scheduler": None if scheduler is None else scheduler.state_dict(),
                     "config": config.to_dict(),
                     "epoch": epoch,
                 },

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from rim_agents.copying import (
     CELLS,
+    LR_SCHEDULES,
     MODELS,
     ConfigError,
     CopyingConfig,
@@ -36,7 +37,8 @@ FLAGS = {
     "batches_per_epoch": ("--batches-per-epoch", int, "training batches per epoch"),
     "batch_size": ("--batch-size", int, "sequences per batch"),
     "eval_batches": ("--eval-batches", int, "test batches per gap"),
-    "lr": ("--lr", float, "Adam learning rate"),
+    "lr": ("--lr", float, "Adam learning rate (the peak of the cosine schedule)"),
+    "lr_schedule": ("--lr-schedule", str, "constant, or cosine decay to 0 at the last update"),
     "clip": ("--clip", float, "maximum gradient norm"),
     "seed": ("--seed", int, "seed for the weights, the training data and the test sets"),
     "embedding_size": ("--embedding-size", int, "token embedding size"),
@@ -44,10 +46,13 @@ FLAGS = {
     "unit_size": ("--unit-size", int, "RIM unit size"),
     "top_k": ("--top-k", int, "RIM units active per step"),
     "cell": ("--cell", str, "RIM unit dynamics"),
+    "input_dropout": ("--input-dropout", float, "RIM dropout on the input-attention weights"),
+    "comm_dropout": ("--comm-dropout", float, "RIM dropout on the communication-attention weights"),
     "hidden_size": ("--hidden-size", int, "LSTM baseline hidden size"),
     "device": ("--device", str, "torch device, e.g. cpu or cuda"),
+    "num_threads": ("--num-threads", int, "CPU threads for torch (one is fastest for the RIM on a CPU)"),
 }
-CHOICES = {"model": MODELS, "cell": CELLS}
+CHOICES = {"model": MODELS, "cell": CELLS, "lr_schedule": LR_SCHEDULES}
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[CopyingConfig, Path, bool]:
@@ -61,7 +66,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[CopyingConfig, Path, bool
     parser.add_argument(
         "--paper",
         action="store_true",
-        help="start from the paper's configuration (gap 50/200, 6x100 k=4, LSTM 600, 200x200 batches) "
+        help="start from the paper's configuration (gap 50/200, 6x100 k=4, LSTM 600, 200x200 batches at a "
+        "constant 1e-3, attention dropouts 0.1) "
         "instead of the small CPU default; other flags still override it",
     )
     defaults = CopyingConfig()

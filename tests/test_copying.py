@@ -16,11 +16,13 @@ from rim_agents.copying import (
     ConfigError,
     CopyingConfig,
     build_model,
+    build_scheduler,
     evaluate,
     fixed_test_batches,
     train_copying,
     train_epoch,
 )
+from rim_agents.nn import RIM
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = dict(
@@ -148,7 +150,9 @@ def test_metrics_of_a_perfect_copier_are_zero_ce_and_full_accuracy():
 
 
 def test_results_json_has_the_promised_keys(tmp_path):
-    results = train_copying(CopyingConfig(**TINY), tmp_path, progress=False)
+    threads = th.get_num_threads()
+    results = train_copying(CopyingConfig(**TINY, num_threads=2), tmp_path, progress=False)
+    assert th.get_num_threads() == threads, "train_copying must restore torch's thread count"
     written = json.loads((tmp_path / "results.json").read_text())
     assert written == results
     assert {"model", "train_length", "config", "results"} <= written.keys()
@@ -159,7 +163,8 @@ def test_results_json_has_the_promised_keys(tmp_path):
         assert {"ce", "ce_all_positions", "digit_acc", "seq_acc"} == metrics.keys()
         assert 0.0 <= metrics["digit_acc"] <= 1.0 and metrics["ce"] > 0.0
     checkpoint = th.load(tmp_path / "checkpoint.pt", weights_only=False)
-    assert {"model", "optimizer", "config", "epoch"} == checkpoint.keys() and checkpoint["epoch"] == 1
+    assert {"model", "optimizer", "scheduler", "config", "epoch"} == checkpoint.keys()
+    assert checkpoint["epoch"] == 1 and checkpoint["scheduler"]["last_epoch"] == 2
     assert any(path.name.startswith("events.out.tfevents") for path in tmp_path.iterdir())
 
 
@@ -168,6 +173,29 @@ def test_rim_activation_frequency_averages_to_top_k_over_num_units():
     _, activity = evaluate(build_model(config), fixed_test_batches(config, 3), 3)
     assert activity is not None and activity.shape == (1, 3)
     assert activity.sum().item() == pytest.approx(config.top_k)
+
+
+def test_model_gets_the_configured_attention_dropouts():
+    core = build_model(CopyingConfig(**TINY, input_dropout=0.2, comm_dropout=0.3)).core
+    assert isinstance(core, RIM)
+    cell = core.layers[0]
+    assert (cell.input_attention.dropout, cell.communication.dropout) == (0.2, 0.3)
+
+
+def test_cosine_schedule_falls_from_lr_to_zero_over_all_updates_and_constant_stays():
+    config = CopyingConfig(**{**TINY, "epochs": 2, "batches_per_epoch": 5, "lr": 0.01})
+    net = build_model(config)
+    optimizer = th.optim.Adam(net.parameters(), lr=config.lr)
+    scheduler = build_scheduler(optimizer, config)
+    assert scheduler is not None
+    rates = [optimizer.param_groups[0]["lr"]]
+    generator = th.Generator().manual_seed(0)
+    for _ in range(config.epochs):
+        train_epoch(net, optimizer, config, generator, scheduler=scheduler)
+        rates.append(optimizer.param_groups[0]["lr"])
+    assert rates == pytest.approx([0.01, 0.005, 0.0], abs=1e-12)
+    constant = CopyingConfig(**{**TINY, "lr_schedule": "constant"})
+    assert build_scheduler(th.optim.Adam(net.parameters(), lr=constant.lr), constant) is None
 
 
 @pytest.mark.parametrize(
@@ -179,7 +207,11 @@ def test_rim_activation_frequency_averages_to_top_k_over_num_units():
         ({"model": "gru"}, "model must be one of rim, lstm, got 'gru'"),
         ({"cell": "rnn"}, "cell must be one of lstm, gru, got 'rnn'"),
         ({"lr": 0.0}, "lr must be a positive finite number, got 0.0"),
+        ({"lr_schedule": "linear"}, "lr_schedule must be one of constant, cosine, got 'linear'"),
+        ({"input_dropout": 1.0}, r"input_dropout must be a number in \[0, 1\), got 1.0"),
+        ({"comm_dropout": -0.1}, r"comm_dropout must be a number in \[0, 1\), got -0.1"),
         ({"seed": -1}, "seed must be a non-negative integer, got -1"),
+        ({"num_threads": 0}, "num_threads must be a positive integer, got 0"),
         ({"device": "gpu0"}, "device must be a torch device such as cpu or cuda, got 'gpu0'"),
     ],
 )
@@ -209,6 +241,8 @@ def load_script():
             r"--model: invalid choice: 'transformer' \(choose from '?rim'?, '?lstm'?\)",
         ),
         (["--cell", "rnn"], r"--cell: invalid choice: 'rnn' \(choose from '?lstm'?, '?gru'?\)"),
+        (["--input-dropout", "1.5"], r"--input-dropout must be a number in \[0, 1\), got 1.5"),
+        (["--lr-schedule", "step"], r"--lr-schedule: invalid choice: 'step'"),
     ],
 )
 def test_script_rejects_bad_flags_naming_the_flag(args, message, capsys):
@@ -222,7 +256,8 @@ def test_script_paper_flag_gives_the_paper_configuration_and_flags_override_it()
     config, _, _ = load_script().parse_args(["--paper", "--model", "lstm", "--epochs", "3"])
     assert (config.model, config.train_length, config.test_lengths) == ("lstm", 50, (50, 100, 200))
     assert (config.hidden_size, config.num_units, config.unit_size, config.top_k) == (600, 6, 100, 4)
-    assert (config.batch_size, config.lr, config.epochs) == (64, 1e-3, 3)
+    assert (config.batch_size, config.lr, config.lr_schedule, config.epochs) == (64, 1e-3, "constant", 3)
+    assert (config.input_dropout, config.comm_dropout) == (0.1, 0.1)
 
 
 def test_script_prints_a_markdown_table_and_writes_results(tmp_path, capsys):
@@ -243,22 +278,27 @@ def test_script_prints_a_markdown_table_and_writes_results(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_rim_learns_to_copy_after_a_short_gap():
-    """1000 updates on gap 5 (the default configuration, one thread): the recall cross-entropy
-    falls from ln 8 = 2.08 (digits unknown) to about 0.5 and about 80 % of the digits come back
-    right (measured: 0.55 and 0.79 in 346 s). Near zero takes several thousand updates, more
-    than a few minutes on a 2-core CPU."""
+    """The default configuration (gap 5, 1600 updates with a cosine schedule, one thread): the
+    recall cross-entropy falls from ln 8 = 2.08 (digits unknown) to near zero. Measured here:
+    0.056 and 98 % of the digits in about 7 minutes. Gap 20 is printed, not asserted: whether a
+    run also copies at 4x the training gap depends on the seed (docs/copying.md)."""
     start = time.perf_counter()
+    config = CopyingConfig(test_lengths=(5, 20))
+    assert (config.train_length, config.unit_size, config.top_k, config.num_threads) == (5, 64, 4, 1)
     threads = th.get_num_threads()
-    th.set_num_threads(1)
+    th.set_num_threads(config.num_threads)
     try:
-        config = CopyingConfig(train_length=5, test_lengths=(5,), epochs=1, batches_per_epoch=1000, lr=3e-3)
         net = build_model(config)
         optimizer = th.optim.Adam(net.parameters(), lr=config.lr)
-        train_epoch(net, optimizer, config, th.Generator().manual_seed(config.seed))
-        metrics, _ = evaluate(net, fixed_test_batches(config, 5), 5)
+        scheduler = build_scheduler(optimizer, config)
+        generator = th.Generator().manual_seed(config.seed)
+        for _ in range(config.epochs):
+            train_epoch(net, optimizer, config, generator, scheduler=scheduler)
+        train_gap, _ = evaluate(net, fixed_test_batches(config, 5), 5)
+        long_gap, _ = evaluate(net, fixed_test_batches(config, 20), 20)
     finally:
         th.set_num_threads(threads)
     elapsed = time.perf_counter() - start
-    print(f"recall CE {metrics['ce']:.4f}, digit acc {metrics['digit_acc']:.3f}, {elapsed:.0f} s")
-    assert metrics["ce"] < 0.8
-    assert metrics["digit_acc"] > 0.65
+    print(f"gap 5: {train_gap}\ngap 20: {long_gap}\n{elapsed:.0f} s")
+    assert train_gap["ce"] < 0.1
+    assert train_gap["digit_acc"] > 0.95
