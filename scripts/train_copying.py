@@ -37,7 +37,7 @@ FLAGS = {
     "batches_per_epoch": ("--batches-per-epoch", int, "training batches per epoch"),
     "batch_size": ("--batch-size", int, "sequences per batch"),
     "eval_batches": ("--eval-batches", int, "test batches per gap"),
-    "lr": ("--lr", float, "Adam learning rate (the peak of the cosine schedule)"),
+    "lr": ("--lr", float, "Adam learning rate (the starting rate of the cosine schedule)"),
     "lr_schedule": ("--lr-schedule", str, "constant, or cosine decay to 0 at the last update"),
     "clip": ("--clip", float, "maximum gradient norm"),
     "seed": ("--seed", int, "seed for the weights, the training data and the test sets"),
