@@ -50,7 +50,14 @@ def _communicate(states: list[Tensor], cell: RIMCell) -> list[Tensor]:
             values = torch.stack([p[:, 2 * a * e + head * v : 2 * a * e + (head + 1) * v] for p in proj], 1)
             score = (keys @ q.unsqueeze(-1)).squeeze(-1) / math.sqrt(e)  # (n, units)
             heads.append((torch.softmax(score, dim=-1).unsqueeze(-1) * values).sum(1))
-        reads.append(torch.cat(heads, dim=-1) @ comm.out_weight[i])
+        read = torch.cat(heads, dim=-1)
+        if comm.out_bias is None:  # "linear": the paper's equation
+            reads.append(read @ comm.out_weight[i])
+        else:  # "gated": sigmoid(gate) * tanh(output), output and gate columns side by side
+            size = comm.out_weight.shape[-1] // 2
+            out = read @ comm.out_weight[i][:, :size] + comm.out_bias[i, 0, :size]
+            gate = read @ comm.out_weight[i][:, size:] + comm.out_bias[i, 0, size:]
+            reads.append(torch.sigmoid(gate) * torch.tanh(out))
     return reads
 
 

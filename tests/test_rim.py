@@ -29,9 +29,10 @@ def make_starts(seq_len: int, batch: int) -> torch.Tensor:
 
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
 @pytest.mark.parametrize("num_layers", [1, 2])
-@pytest.mark.parametrize("communicate", [True, False])
-def test_fast_matches_reference_outputs_states_and_gradients(cell, num_layers, communicate):
-    rim = small_rim(cell=cell, num_layers=num_layers, communicate=communicate, input_heads=2, comm_heads=3)
+@pytest.mark.parametrize("communication", ["gated", "linear", "off"])
+def test_fast_matches_reference_outputs_states_and_gradients(cell, num_layers, communication):
+    read = {"comm_read": communication} if communication != "off" else {"communicate": False}
+    rim = small_rim(cell=cell, num_layers=num_layers, input_heads=2, comm_heads=3, **read)
     torch.manual_seed(1)
     x = torch.randn(9, 3, 5)
     hx = (torch.randn(num_layers, 3, 32), torch.randn(num_layers, 3, 32))
@@ -195,6 +196,45 @@ def test_gradient_flows_through_an_inactive_units_carried_state():
     assert torch.equal(h0.grad[0, 0, unit * 8 : (unit + 1) * 8], torch.ones(8))
 
 
+def _run_with_loud_communication(comm_read: str, scale: float) -> torch.Tensor:
+    """Largest abs(h) per step of an LSTM RIM whose communication weights are scaled up,
+    over 200 steps carried across 20 calls as PPO carries states across rollouts."""
+    rim = small_rim(comm_read=comm_read)
+    with torch.no_grad():
+        rim.layers[0].communication.qkv_weight.mul_(scale)
+        rim.layers[0].communication.out_weight.mul_(scale)
+    torch.manual_seed(2)
+    state, peaks = None, []
+    with torch.no_grad():
+        for _ in range(20):
+            out, state = rim(torch.randn(10, 16, 5), state)
+            peaks.append(out.abs().amax(dim=(1, 2)))
+    return torch.cat(peaks)
+
+
+@pytest.mark.parametrize("scale", [3.0, 5.0])
+def test_gated_read_keeps_lstm_hidden_state_within_two(scale):
+    peaks = _run_with_loud_communication("gated", scale)
+    # o * tanh(c) is in (-1, 1) and sigmoid(gate) * tanh(read) too; inactive units carry such a value.
+    assert peaks.max() < 2.0
+
+
+def test_linear_read_lets_the_hidden_state_grow_until_it_is_not_finite():
+    # The same weights with the paper's plain residual: each read is linear in states that
+    # already hold earlier reads, so above some gain the state grows geometrically.
+    peaks = _run_with_loud_communication("linear", 3.0)
+    assert peaks[:10].max() < 100.0
+    assert peaks[-10:].min() > 1e20
+    assert not torch.isfinite(_run_with_loud_communication("linear", 5.0)[-10:]).any()
+
+
+@pytest.mark.parametrize(("saved", "built"), [("linear", "gated"), ("gated", "linear")])
+def test_loading_weights_of_the_other_comm_read_names_it(saved, built):
+    state = small_rim(comm_read=saved).state_dict()
+    with pytest.raises(ValueError, match=rf"saved weights use comm_read='{saved}'.*comm_read='{built}'"):
+        small_rim(comm_read=built).load_state_dict(state)
+
+
 def test_dropout_is_active_only_in_training():
     rim = RIM(5, num_units=4, unit_size=8, top_k=2, input_dropout=0.5, comm_dropout=0.5)
     x = torch.randn(6, 3, 5)
@@ -245,6 +285,7 @@ BAD_ARGUMENTS = [
     ({"input_dropout": 1.0}, "input_dropout must be a number in [0, 1), got 1.0"),
     ({"comm_dropout": -0.1}, "comm_dropout must be a number in [0, 1), got -0.1"),
     ({"dropout": 2}, "dropout must be a number in [0, 1), got 2"),
+    ({"comm_read": "residual"}, "comm_read must be one of ['gated', 'linear'], got 'residual'"),
 ]
 
 

@@ -101,31 +101,76 @@ class InputAttention(nn.Module):
         return weight, active
 
 
+COMM_READS = ("gated", "linear")
+
+
 class CommunicationAttention(nn.Module):
     """Multi-head attention between units (paper section 2.3), all units at once.
 
     Every unit projects its state to a query, key and value with its own weights; each
     unit reads all units' states and maps the read back to its state size with its own
-    output weights. The caller adds the read residually to the active units only.
+    output weights. The caller adds the read to the active units' states.
+
+    How the read ``r`` (the heads' outputs side by side) becomes what is added:
+
+    - ``"gated"``: ``sigmoid(r @ W_g + b_g) * tanh(r @ W_o + b_o)``, the official
+      implementation's read (anirudh9119/RIMs, ``event_based/attention.py``). Each entry
+      lies in (-1, 1), so an LSTM unit's hidden state stays within (-2, 2).
+    - ``"linear"``: ``r @ W_o``, the paper's equation. Unbounded: the read is linear in
+      all units' states, which already hold earlier reads, so states can grow step after
+      step.
 
     Attributes:
         qkv_weight: ``(k, h, a*(2e+v))``, per-unit query, key and value projections.
-        out_weight: ``(k, a*v, h)``, per-unit output projection.
+        out_weight: ``(k, a*v, h)`` (``"linear"``) or ``(k, a*v, 2h)`` (``"gated"``: the
+            output and gate columns side by side), per-unit output projection.
+        out_bias: ``(k, 1, 2h)`` for ``"gated"``, None for ``"linear"``.
     """
 
+    out_bias: nn.Parameter | None
+
     def __init__(
-        self, num_units: int, unit_size: int, key_size: int, value_size: int, heads: int, dropout: float
+        self,
+        num_units: int,
+        unit_size: int,
+        key_size: int,
+        value_size: int,
+        heads: int,
+        dropout: float,
+        read: str = "gated",
     ) -> None:
         super().__init__()
         self.heads = heads
         self.key_size = key_size
         self.value_size = value_size
         self.dropout = dropout
+        self.read = read
         width = heads * (2 * key_size + value_size)
+        read_width = heads * value_size
+        out_width = 2 * unit_size if read == "gated" else unit_size
         self.qkv_weight = nn.Parameter(uniform_(torch.empty(num_units, unit_size, width), unit_size))
-        self.out_weight = nn.Parameter(
-            uniform_(torch.empty(num_units, heads * value_size, unit_size), heads * value_size)
+        self.out_weight = nn.Parameter(uniform_(torch.empty(num_units, read_width, out_width), read_width))
+        self.out_bias = (
+            nn.Parameter(uniform_(torch.empty(num_units, 1, out_width), read_width))
+            if read == "gated"
+            else None
         )
+        self._register_load_state_dict_pre_hook(self._check_read_layout)
+
+    def _check_read_layout(self, state_dict: dict[str, Tensor], prefix: str, *args: object) -> None:
+        """Name the mismatch when a state dict was saved with the other ``comm_read``."""
+        saved = state_dict.get(prefix + "out_weight")
+        if saved is None:
+            return
+        saved_read = "gated" if prefix + "out_bias" in state_dict else "linear"
+        if saved_read != self.read:
+            raise ValueError(
+                f"the saved weights use comm_read={saved_read!r} but this RIM was built with "
+                f"comm_read={self.read!r}; build it with comm_read={saved_read!r}. RIMs saved before "
+                "comm_read existed use 'linear': load such a RecurrentPPO model with "
+                "custom_objects={'policy_kwargs': {<its policy_kwargs>, 'rim_kwargs': {<its rim_kwargs>, "
+                f"'comm_read': {saved_read!r}}}}}"
+            )
 
     def forward(self, hidden: Tensor) -> Tensor:
         """``hidden (k, n, h) -> read (k, n, h)``: what each unit reads from all units."""
@@ -141,4 +186,7 @@ class CommunicationAttention(nn.Module):
         if self.training and self.dropout > 0:
             weight = F.dropout(weight, self.dropout, training=True)
         read = rearrange(torch.bmm(weight, v), "(n a) k v -> k n (a v)", a=a)
-        return torch.bmm(read, self.out_weight)
+        if self.out_bias is None:
+            return torch.bmm(read, self.out_weight)
+        out, gate = torch.baddbmm(self.out_bias, read, self.out_weight).chunk(2, dim=-1)
+        return torch.sigmoid(gate) * torch.tanh(out)

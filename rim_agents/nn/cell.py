@@ -6,7 +6,8 @@ Per step (paper sections 2.1-2.3):
 2. independent dynamics: every unit runs its own LSTM (or GRU) on its read, with its
    own weights, as one batched matmul over grouped weights ``(k, in, out)``;
 3. communication: units attend over all units' new states (an inactive unit's new
-   state is its carried state); active units add their read residually;
+   state is its carried state); active units add their read (gated and squashed by
+   default, see :class:`CommunicationAttention`);
 4. inactive units keep h and c from the previous step, bit for bit.
 
 Work that depends only on the input is done for the whole sequence in
@@ -84,6 +85,7 @@ class RIMCell(nn.Module):
         comm_heads: int,
         comm_dropout: float,
         communicate: bool,
+        comm_read: str = "gated",
     ) -> None:
         super().__init__()
         self.num_units = num_units
@@ -100,7 +102,7 @@ class RIMCell(nn.Module):
         self.bias_hh = nn.Parameter(uniform_(torch.empty(num_units, gates), unit_size))
         self.communication = (
             CommunicationAttention(
-                num_units, unit_size, comm_key_size, comm_value_size, comm_heads, comm_dropout
+                num_units, unit_size, comm_key_size, comm_value_size, comm_heads, comm_dropout, comm_read
             )
             if communicate
             else None

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
+from rim_agents.nn.attention import COMM_READS
 from rim_agents.nn.cell import GATES, RIMCell
 
 
@@ -56,6 +57,10 @@ class RIM(nn.Module):
         comm_heads: communication heads (paper: 4).
         comm_dropout: dropout on the communication attention weights (paper: 0.1).
         communicate: ``False`` removes communication (the paper's ablation).
+        comm_read: how an active unit adds its communication read. ``"gated"`` (default):
+            ``sigmoid(gate) * tanh(read)``, as the official implementation does; it keeps
+            an LSTM unit's h within (-2, 2). ``"linear"``: the paper's equation, the read
+            added as it is; states can grow without bound over long runs.
         dropout: dropout on the outputs of each layer except the last, as ``nn.LSTM``.
         batch_first: input and output are ``(N, L, *)`` instead of ``(L, N, *)``
             (states stay ``(num_layers, N, K*H)``, as in ``nn.LSTM``).
@@ -73,7 +78,7 @@ class RIM(nn.Module):
         - **h_n**, **c_n**: ``(num_layers, N, K*H)``; for a GRU ``c_n`` is zeros.
 
     Attributes:
-        input_size, hidden_size, num_layers, num_units, unit_size, top_k, cell.
+        input_size, hidden_size, num_layers, num_units, unit_size, top_k, cell, comm_read.
         last_active: ``(L, num_layers, N, K)`` booleans, which units were active at each
             step of the last forward call (``(L, num_layers, K)`` unbatched), or None
             before the first call. Recorded during the pass, no extra computation.
@@ -107,6 +112,7 @@ class RIM(nn.Module):
         comm_heads: int = 4,
         comm_dropout: float = 0.1,
         communicate: bool = True,
+        comm_read: str = "gated",
         dropout: float = 0.0,
         batch_first: bool = False,
     ) -> None:
@@ -132,6 +138,8 @@ class RIM(nn.Module):
             raise ValueError(f"top_k must be between 1 and num_units={num_units}, got {top_k}")
         if cell not in GATES:
             raise ValueError(f"cell must be one of {sorted(GATES)}, got {cell!r}")
+        if comm_read not in COMM_READS:
+            raise ValueError(f"comm_read must be one of {list(COMM_READS)}, got {comm_read!r}")
         for name, probability in {
             "input_dropout": input_dropout,
             "comm_dropout": comm_dropout,
@@ -146,6 +154,7 @@ class RIM(nn.Module):
         self.top_k = top_k
         self.num_layers = num_layers
         self.cell = cell
+        self.comm_read = comm_read
         self.dropout = dropout
         self.batch_first = batch_first
         self.layers = nn.ModuleList(
@@ -164,6 +173,7 @@ class RIM(nn.Module):
                 comm_heads,
                 comm_dropout,
                 communicate,
+                comm_read,
             )
             for layer in range(num_layers)
         )
@@ -172,7 +182,8 @@ class RIM(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"{self.input_size}, num_units={self.num_units}, unit_size={self.unit_size}, "
-            f"top_k={self.top_k}, num_layers={self.num_layers}, cell={self.cell!r}"
+            f"top_k={self.top_k}, num_layers={self.num_layers}, cell={self.cell!r}, "
+            f"comm_read={self.comm_read!r}"
         )
 
     def forward(
