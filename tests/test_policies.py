@@ -389,6 +389,29 @@ def test_saved_policy_loads_with_its_rim_options(tmp_path: Path) -> None:
     np.testing.assert_array_equal(state[0], loaded_state[0])
 
 
+def test_saved_model_keeps_its_comm_read_and_an_older_model_gets_a_clear_error(
+    tmp_path: Path,
+) -> None:
+    model = RimPPO(
+        "MlpRimPolicy",
+        "CartPole-v1",
+        n_steps=N_STEPS,
+        batch_size=N_STEPS,
+        policy_kwargs=dict(rim_kwargs={**TINY_RIM, "comm_read": "linear"}),
+    )
+    model.save(tmp_path / "linear.zip")
+    assert RecurrentPPO.load(tmp_path / "linear.zip").policy.lstm_actor.comm_read == "linear"
+
+    # A model saved before comm_read existed: linear weights, no comm_read in its kwargs.
+    del model.policy_kwargs["rim_kwargs"]["comm_read"]
+    model.save(tmp_path / "old.zip")
+    with pytest.raises(ValueError, match=r"saved weights use comm_read='linear'.*custom_objects"):
+        RecurrentPPO.load(tmp_path / "old.zip")
+    policy_kwargs = {**model.policy_kwargs, "rim_kwargs": {**TINY_RIM, "comm_read": "linear"}}
+    loaded = RecurrentPPO.load(tmp_path / "old.zip", custom_objects={"policy_kwargs": policy_kwargs})
+    assert loaded.policy.lstm_actor.comm_read == "linear"
+
+
 def test_plain_recurrent_ppo_loads_a_rim_model_in_a_fresh_process(tmp_path: Path) -> None:
     model = RecurrentPPO(
         MlpRimPolicy,
