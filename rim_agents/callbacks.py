@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch as th
+from sb3_contrib.common.recurrent.type_aliases import RNNStates
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback, EvalCallback
 from stable_baselines3.common.logger import Figure as LoggedFigure
@@ -51,6 +53,9 @@ class RimDiagnosticsCallback(BaseCallback):
       the active set changed (in any layer);
     - ``unit_usage_entropy``: entropy of the units' share of activations divided by
       ``log K``, averaged over layers (1 = all units used equally, 0 = one unit only);
+    - ``state_abs_max/h`` and ``state_abs_max/c``: the largest abs(h) and abs(c) of the
+      actor's and critic's states over the rollout, to show drift before it bites (``c``
+      only for LSTM units; a GRU's is zero);
     - ``unit_activity`` (image, at most every ``heatmap_freq`` steps): units by steps over the
       last finished episode of environment 0, with its rewards.
 
@@ -84,6 +89,7 @@ class RimDiagnosticsCallback(BaseCallback):
 
     def _reset_counts(self) -> None:
         self._counts = np.zeros(self._shape)
+        self._state_max: dict[str, th.Tensor] = {}
         self._samples = 0
         self._changes = 0
         self._comparisons = 0
@@ -93,6 +99,7 @@ class RimDiagnosticsCallback(BaseCallback):
         n_envs = self.training_env.num_envs
         if active is None or active.shape[0] != 1 or active.shape[2] != n_envs:
             return True  # not a rollout step's forward pass
+        self._track_state_max(self.locals["lstm_states"])
         masks = active[0].cpu().numpy()  # (Y, E, K)
         self._counts += masks.sum(axis=1)
         self._samples += n_envs
@@ -111,9 +118,19 @@ class RimDiagnosticsCallback(BaseCallback):
             self._episode, self._episode_rewards = [], []
         return True
 
+    def _track_state_max(self, states: RNNStates) -> None:
+        # Kept as tensors until the rollout ends: no synchronisation per step.
+        names = ("h", "c") if self._rim.cell == "lstm" else ("h",)
+        for index, name in enumerate(names):
+            step_max = th.maximum(states.pi[index].abs().amax(), states.vf[index].abs().amax())
+            running = self._state_max.get(name)
+            self._state_max[name] = step_max if running is None else th.maximum(running, step_max)
+
     def _on_rollout_end(self) -> None:
         if self._samples == 0:
             return
+        for name, value in self._state_max.items():
+            self.logger.record(f"rim/state_abs_max/{name}", float(value))
         n_layers, n_units = self._shape
         frequency = self._counts / self._samples  # (Y, K)
         for layer in range(n_layers):
@@ -284,3 +301,99 @@ class ReportingEvalCallback(EvalCallback):
             if self.report(self.num_timesteps, float(self.last_mean_reward), success) is False:
                 continue_training = False
         return continue_training
+
+
+class NonFiniteError(RuntimeError):
+    """Training met NaN or infinite values; the message says at which step, in what, and how to resume."""
+
+
+def find_non_finite(model: BaseAlgorithm) -> list[str]:
+    """Name what is NaN or infinite in a model: parameters, gradients, the last rollout states and
+    observations, and the training losses of the last update.
+
+    :param model: a (recurrent) PPO model
+    :return: descriptions such as ``"parameter policy.lstm_actor.layers.0.weight_hh"``; empty if all is finite
+    """
+    parameters = list(model.policy.named_parameters())
+    found = [f"parameter policy.{name}" for name, p in parameters if not p.isfinite().all()]
+    found += [
+        f"gradient of policy.{name}"
+        for name, p in parameters
+        if p.grad is not None and not p.grad.isfinite().all()
+    ]
+    states = getattr(model, "_last_lstm_states", None)
+    if states is not None:
+        for side in ("pi", "vf"):
+            for name, state in zip(("h", "c"), getattr(states, side), strict=True):
+                if not state.isfinite().all():
+                    found.append(f"rollout state {side}.{name}")
+    observations = getattr(model, "_last_obs", None)
+    arrays = observations.values() if isinstance(observations, dict) else [observations]
+    if any(isinstance(a, np.ndarray) and a.dtype.kind == "f" and not np.isfinite(a).all() for a in arrays):
+        found.append("observation")
+    found += [
+        f"loss {key}={value}"
+        for key, value in model.logger.name_to_value.items()
+        if key.startswith("train/") and isinstance(value, float) and not np.isfinite(value)
+    ]
+    return found
+
+
+class NonFiniteGuard(BaseCallback):
+    """Stop training with a :class:`NonFiniteError` as soon as the model holds NaN or infinite values.
+
+    Checks the parameters, their gradients and the losses after every update (when the next
+    rollout starts), and the rollout states at every step. Must come first in a
+    ``CallbackList``, before the checkpoint callback, so that a broken model is never saved.
+    :meth:`explain` turns an error raised inside ``learn`` (a Categorical distribution
+    rejecting NaN logits) into the same :class:`NonFiniteError`.
+
+    :param last_checkpoint: returns the run's latest checkpoint (None if there is none), to
+        name it in the error
+    :param verbose: verbosity level
+    """
+
+    def __init__(self, last_checkpoint: Callable[[], Path | None], verbose: int = 0) -> None:
+        super().__init__(verbose)
+        self.last_checkpoint = last_checkpoint
+
+    def _init_callback(self) -> None:
+        self._in_rollout = False
+
+    def _on_rollout_start(self) -> None:
+        found = find_non_finite(self.model)
+        if found:
+            raise self._error(found, "in the update before it")
+        self._in_rollout = True
+
+    def _on_rollout_end(self) -> None:
+        self._in_rollout = False
+
+    def _on_step(self) -> bool:
+        states: RNNStates = self.locals["lstm_states"]
+        if not th.cat([state.flatten() for side in states for state in side]).isfinite().all():
+            raise self._error(["rollout state (h or c)"], "during the rollout")
+        return True
+
+    def explain(self, error: Exception) -> NonFiniteError | None:
+        """A :class:`NonFiniteError` for an exception raised in ``learn``; None if nothing is non-finite."""
+        found = find_non_finite(self.model)
+        if isinstance(error, ValueError) and "invalid values" in str(error):
+            found.insert(0, "the policy's action distribution (logits)")
+        when = "during the rollout" if self._in_rollout else "during the update"
+        return self._error(found, when) if found else None
+
+    def _error(self, found: list[str], when: str) -> NonFiniteError:
+        checkpoint = self.last_checkpoint()
+        if checkpoint is not None:
+            resume = (
+                f"The last good checkpoint is {checkpoint}; resume from it with "
+                f"--resume {checkpoint} (or train(config, checkpoint=...))"
+            )
+        else:
+            resume = "No checkpoint was saved before it"
+        return NonFiniteError(
+            f"training stopped at step {self.model.num_timesteps}: non-finite values {when} in "
+            f"{', '.join(found)}. {resume}. The RIM's comm_read='gated' keeps states bounded; "
+            "a lower learning_rate or max_grad_norm may also help."
+        )

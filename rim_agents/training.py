@@ -39,6 +39,8 @@ from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv,
 
 from envs import check_env_id, env_family, make_env
 from rim_agents.callbacks import (
+    NonFiniteError,
+    NonFiniteGuard,
     ReportFn,
     ReportingEvalCallback,
     RimDiagnosticsCallback,
@@ -499,7 +501,9 @@ def train(
             _log_hyperparameters(model, config)
 
         checkpointer = RolloutCheckpointCallback(run_dir / CHECKPOINT_DIR, config.save_freq)
-        callbacks: list[BaseCallback] = []
+        # First: a model with NaN or infinite values must stop training before anything saves it.
+        guard = NonFiniteGuard(lambda: latest_checkpoint(run_dir))
+        callbacks: list[BaseCallback] = [guard]
         if isinstance(model.policy.lstm_actor, RIM):
             # First in the list: evaluation runs the same RIM on other envs and overwrites last_active.
             callbacks.append(RimDiagnosticsCallback())
@@ -531,6 +535,13 @@ def train(
                 path = checkpointer.save_interrupted()
                 print(f"\ninterrupted: saved {path}\nresume with: --resume {path}", flush=True)
                 raise
+            except NonFiniteError:
+                raise
+            except (ValueError, RuntimeError) as error:
+                explained = guard.explain(error)
+                if explained is None:
+                    raise
+                raise explained from error
         save_atomically(model, run_dir / "final_model.zip")
     finally:
         for vec_env in (env, eval_env):

@@ -8,11 +8,14 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from sb3_contrib import RecurrentPPO
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from rim_agents.callbacks import NonFiniteError
 from rim_agents.nn import RIM
+from rim_agents.ppo import RimPPO
 from rim_agents.training import (
     HYPERPARAMS_FILE,
     build_algorithm_kwargs,
@@ -114,6 +117,8 @@ def test_tensorboard_holds_rim_diagnostics_and_evaluations(script_run):
     assert {
         "rim/active_set_change_rate",
         "rim/unit_usage_entropy",
+        "rim/state_abs_max/h",
+        "rim/state_abs_max/c",
         "eval/mean_reward",
         "eval/success_rate",
     } <= scalars
@@ -121,6 +126,9 @@ def test_tensorboard_holds_rim_diagnostics_and_evaluations(script_run):
     # Each step activates exactly top_k = 2 of the 3 units.
     last = [events.Scalars(f"rim/activation_freq/unit{k}")[-1].value for k in range(3)]
     assert sum(last) == pytest.approx(2.0, abs=1e-5)
+    # The default gated read bounds an LSTM unit's h by 2; the states are not all zero.
+    state_max = [event.value for event in events.Scalars("rim/state_abs_max/h")]
+    assert min(state_max) > 0.0 and max(state_max) < 2.0
 
 
 def test_resume_continues_step_count_and_tensorboard_directory(script_run):
@@ -239,3 +247,54 @@ def test_resume_with_another_policy_is_refused(tmp_path, capsys):
     with pytest.raises(ValueError, match="holds a RimActorCriticCnnPolicy"):
         train(lstm_config, run_dir=run_dir)
     assert yaml.safe_load((run_dir / "config.yaml").read_text())["policy"] == "rim"  # the run is untouched
+
+
+def test_nan_after_an_update_stops_training_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+    original_train = RimPPO.train
+    updates = []
+
+    def train_then_poison(self):
+        original_train(self)
+        updates.append(self.num_timesteps)
+        if len(updates) == 2:
+            with torch.no_grad():
+                self.policy.lstm_actor.layers[0].weight_hh[0, 0, 0] = float("nan")
+
+    monkeypatch.setattr(RimPPO, "train", train_then_poison)
+    config = tiny_config(tmp_path, n_timesteps=160, save_freq=32)
+    with pytest.raises(NonFiniteError) as raised:
+        train(config)
+    (run_dir,) = tmp_path.iterdir()
+    good = run_dir / "checkpoints" / "rl_model_32_steps.zip"
+    message = str(raised.value)
+    assert "training stopped at step 64" in message
+    assert "in the update before it in parameter policy.lstm_actor.layers.0.weight_hh" in message
+    assert f"--resume {good}" in message
+    # Nothing saved the poisoned model: no checkpoint at 64 steps, no final model.
+    assert [p.name for p in good.parent.iterdir()] == [good.name]
+    assert not (run_dir / "final_model.zip").exists()
+    assert all(p.isfinite().all() for p in RecurrentPPO.load(good).policy.parameters())
+
+    monkeypatch.undo()
+    resumed = train(config, checkpoint=good)
+    assert RecurrentPPO.load(resumed / "final_model.zip").num_timesteps == 160
+
+
+def test_nan_logits_during_a_rollout_are_named_with_their_step(tmp_path, monkeypatch):
+    original_forward = RIM.forward
+    calls = []
+
+    def forward_then_poison(self, *args, **kwargs):
+        output, state = original_forward(self, *args, **kwargs)
+        calls.append(1)
+        return (output * float("nan"), state) if len(calls) == 40 else (output, state)
+
+    monkeypatch.setattr(RIM, "forward", forward_then_poison)
+    with pytest.raises(
+        NonFiniteError,
+        match=r"at step \d+: non-finite values during the rollout in the "
+        r"policy's action distribution \(logits\)",
+    ) as raised:
+        train(tiny_config(tmp_path, n_timesteps=160, save_freq=32))
+    assert "rl_model_32_steps.zip" in str(raised.value)
+    assert isinstance(raised.value.__cause__, ValueError)
