@@ -16,9 +16,9 @@ from typing import Any
 
 import gymnasium as gym
 
-from envs import atari, minigrid
+from envs import atari, classic, minigrid
 
-FAMILIES: dict[str, ModuleType] = {"minigrid": minigrid, "atari": atari}
+FAMILIES: dict[str, ModuleType] = {"minigrid": minigrid, "atari": atari, "classic": classic}
 
 
 def env_family(env_id: str) -> str:

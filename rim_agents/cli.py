@@ -1,6 +1,6 @@
-"""The command line of the training scripts (``scripts/train_minigrid.py``, ``scripts/train_atari.py``).
+"""The command line of the training scripts (``scripts/train_<family>.py``: minigrid, atari, classic).
 
-Both take the same flags (rl-baselines3-zoo's names) and differ only in the default
+All take the same flags (rl-baselines3-zoo's names) and differ only in the default
 environment and the evaluation defaults; this module holds the parser and the logic that
 turns flags into a :class:`~rim_agents.training.TrainConfig` (new run, or resume) and trains.
 """
