@@ -44,6 +44,7 @@ from tqdm import tqdm
 
 from envs.copying import NUM_CLASSES, NUM_DIGITS, VOCAB_SIZE, copying_batch, recall_slice
 from rim_agents.nn import RIM
+from rim_agents.nn.attention import COMM_READS
 
 MODELS = ("rim", "lstm")
 CELLS = ("lstm", "gru")
@@ -91,6 +92,8 @@ class CopyingConfig:
     :param cell: RIM unit dynamics, "lstm" or "gru"
     :param input_dropout: RIM dropout on the input-attention weights (paper: 0.1)
     :param comm_dropout: RIM dropout on the communication-attention weights (paper: 0.1)
+    :param comm_read: how RIM units add their communication read, "gated" (the official
+        implementation's, bounded) or "linear" (the paper's equation); see ``rim_agents.nn.RIM``
     :param hidden_size: hidden size of the LSTM baseline
     :param device: torch device string ("cpu", "cuda", "cuda:1", ...)
     :param num_threads: CPU threads torch uses during the run (restored afterwards); one is the
@@ -116,6 +119,7 @@ class CopyingConfig:
     cell: str = "lstm"
     input_dropout: float = 0.0
     comm_dropout: float = 0.0
+    comm_read: str = "gated"
     hidden_size: int = 384
     device: str = "cpu"
     num_threads: int = 1
@@ -126,6 +130,8 @@ class CopyingConfig:
             raise ConfigError("model", self.model, f"one of {', '.join(MODELS)}")
         if self.cell not in CELLS:
             raise ConfigError("cell", self.cell, f"one of {', '.join(CELLS)}")
+        if self.comm_read not in COMM_READS:
+            raise ConfigError("comm_read", self.comm_read, f"one of {', '.join(COMM_READS)}")
         if self.lr_schedule not in LR_SCHEDULES:
             raise ConfigError("lr_schedule", self.lr_schedule, f"one of {', '.join(LR_SCHEDULES)}")
         positive_ints = (
@@ -187,7 +193,9 @@ def paper_config(model: str = "rim") -> CopyingConfig:
     6 units of 100 and k=4, the LSTM baseline with 600 units, batch 64, Adam 1e-3. The number of
     updates is not stated in the paper; the official script runs 200 batches per epoch for 200
     epochs at a constant learning rate and embeds tokens in as many dimensions as the hidden size
-    (600), and so does this, with the paper's attention dropouts (0.1).
+    (600), and so does this, with the paper's attention dropouts (0.1). The communication read
+    is the RIM's default, the official implementation's gated one (``comm_read="linear"`` gives
+    the paper's equation).
 
     :param model: "rim" or "lstm"
     :return: the configuration
@@ -254,6 +262,7 @@ def build_model(config: CopyingConfig) -> CopyingModel:
             cell=config.cell,
             input_dropout=config.input_dropout,
             comm_dropout=config.comm_dropout,
+            comm_read=config.comm_read,
         )
     else:
         core = nn.LSTM(config.embedding_size, config.hidden_size)

@@ -28,6 +28,7 @@ from rim_agents.copying import (
     results_table,
     train_copying,
 )
+from rim_agents.nn.attention import COMM_READS
 
 FLAGS = {
     "model": ("--model", str, "rim (RIMs) or lstm (the baseline)"),
@@ -48,11 +49,12 @@ FLAGS = {
     "cell": ("--cell", str, "RIM unit dynamics"),
     "input_dropout": ("--input-dropout", float, "RIM dropout on the input-attention weights"),
     "comm_dropout": ("--comm-dropout", float, "RIM dropout on the communication-attention weights"),
+    "comm_read": ("--comm-read", str, "how RIM units add their communication read (gated or linear)"),
     "hidden_size": ("--hidden-size", int, "LSTM baseline hidden size"),
     "device": ("--device", str, "torch device, e.g. cpu or cuda"),
     "num_threads": ("--num-threads", int, "CPU threads for torch (one is fastest for the RIM on a CPU)"),
 }
-CHOICES = {"model": MODELS, "cell": CELLS, "lr_schedule": LR_SCHEDULES}
+CHOICES = {"model": MODELS, "cell": CELLS, "lr_schedule": LR_SCHEDULES, "comm_read": COMM_READS}
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[CopyingConfig, Path, bool]:
