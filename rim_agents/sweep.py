@@ -486,6 +486,26 @@ def read_evaluations(run_dir: str | Path) -> tuple[np.ndarray, np.ndarray, np.nd
     return steps[rows], returns[rows], None if successes is None else successes[rows]
 
 
+STATE_TAG = "rim/state_abs_max/h"
+
+
+def read_state_max(run_dir: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """A RIM run's largest abs(h) per rollout (``rim/state_abs_max/h`` in its TensorBoard events).
+
+    :param run_dir: a run directory
+    :return: (steps (R,), largest abs(h) of the rollout ending there (R,)); both empty for an
+        LSTM run or a run from before the scalar existed
+    """
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(Path(run_dir) / "tb"), size_guidance={"scalars": 0})
+    events.Reload()
+    if STATE_TAG not in events.Tags()["scalars"]:
+        return np.empty(0, dtype=np.int64), np.empty(0)
+    scalars = events.Scalars(STATE_TAG)
+    return np.array([e.step for e in scalars]), np.array([e.value for e in scalars])
+
+
 def resume_point(run_dir: str | Path) -> tuple[Path | None, int]:
     """The latest checkpoint of ``run_dir`` that was completely written, and its step count.
 
@@ -839,7 +859,8 @@ def summarize(
     :param output: the folder the workers wrote run directories to (read for ``threshold`` and curves)
     :param threshold: report the first evaluation step whose return reaches this (None: skip)
     :return: (status line, grid axes other than seed, rows (those axes, ``n_seeds``, ``mean_return``,
-        ``std_return``, ``success_rate``, ``std_success_rate``, and with a threshold
+        ``std_return``, ``success_rate``, ``std_success_rate``, ``state_abs_max`` (the mean over
+        seeds of each RIM run's largest abs(h), or None), and with a threshold
         ``steps_to_threshold`` and ``n_reached``), runs of each row by its axes' JSON key)
     """
     backend, _ = open_storage(storage)
@@ -881,6 +902,10 @@ def summarize(
         successes = [run["success"] for run in runs if run["success"] is not None]
         success, success_std = _mean_std(successes) if successes else (None, None)
         row.update({"success_rate": success, "std_success_rate": success_std})
+        peaks = [
+            values.max() for _, values in map(read_state_max, [run["run_dir"] for run in runs]) if values.size
+        ]
+        row["state_abs_max"] = float(np.mean(peaks)) if peaks else None
         if threshold is not None:
             reached = []
             for run in runs:
@@ -904,6 +929,9 @@ def markdown_table(rows: list[dict[str, Any]], axes: list[str], threshold: float
     :param threshold: the threshold the rows were computed with, for the column title
     """
     header = [*axes, "seeds", "final return", "success rate"]
+    states = any(row["state_abs_max"] is not None for row in rows)
+    if states:
+        header.append("largest abs(h)")
     if threshold is not None:
         header.append(f"steps to return ≥ {threshold:g}")
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -914,11 +942,41 @@ def markdown_table(rows: list[dict[str, Any]], axes: list[str], threshold: float
             _format(row["mean_return"], row["std_return"]),
             _format(row["success_rate"], row["std_success_rate"]),
         ]
+        if states:
+            cells.append("-" if row["state_abs_max"] is None else f"{row['state_abs_max']:.3g}")
         if threshold is not None:
             steps = row["steps_to_threshold"]
             cells.append("-" if steps is None else f"{steps:.0f} ({row['n_reached']}/{row['n_seeds']})")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def plot_states(groups: dict[str, list[dict[str, Any]]], axes: list[str], path: str | Path) -> None:
+    """Each RIM run's largest abs(h) per rollout over training, log scale, one line per seed.
+
+    :param groups: runs of each row, as returned by :func:`summarize`
+    :param axes: the grid axes other than seed, in row-key order
+    :param path: PNG file to write
+    """
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(7, 4), layout="constrained")
+    panel = figure.subplots()
+    for (key, runs), color in zip(groups.items(), itertools.cycle(f"C{i}" for i in range(10)), strict=False):
+        values = dict(zip(axes, json.loads(key), strict=True))
+        label = ", ".join(f"{axis}={_value_text(v)}" for axis, v in values.items()) or "all"
+        for index, run in enumerate(runs):
+            steps, peaks = read_state_max(run["run_dir"])
+            seed = run["cell"].get("seed")
+            panel.plot(
+                steps, peaks, color=color, alpha=0.8, label=f"{label}, seed {seed}" if index < 9 else None
+            )
+    panel.set_yscale("log")
+    panel.set_xlabel("environment steps")
+    panel.set_ylabel("largest abs(h) in the rollout")
+    panel.legend(fontsize="x-small")
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=100)
 
 
 def plot_curves(groups: dict[str, list[dict[str, Any]]], axes: list[str], path: str | Path) -> None:
@@ -967,6 +1025,7 @@ def report(
     json_path: str | Path | None = None,
     plot_path: str | Path | None = None,
     threshold: float | None = None,
+    state_plot_path: str | Path | None = None,
 ) -> str:
     """The sweep's status line and markdown table; optionally the rows as JSON and curves as PNG.
 
@@ -976,6 +1035,7 @@ def report(
     :param json_path: write the rows as a JSON list here
     :param plot_path: write learning curves with seed bands here (PNG)
     :param threshold: add the mean first step at which a seed's evaluation return reached this
+    :param state_plot_path: write each RIM run's largest abs(h) over training here (PNG)
     :return: markdown text
     """
     status, axes, rows, groups = summarize(storage, study_name, output, threshold)
@@ -984,4 +1044,6 @@ def report(
         Path(json_path).write_text(json.dumps(rows, indent=2) + "\n")
     if plot_path is not None:
         plot_curves(groups, axes, plot_path)
+    if state_plot_path is not None:
+        plot_states(groups, axes, state_plot_path)
     return f"{status}\n\n{markdown_table(rows, axes, threshold)}\n"

@@ -71,6 +71,12 @@ def build_parser() -> argparse.ArgumentParser:
     summary.add_argument("--json", default=None, metavar="FILE", help="write the rows as JSON")
     summary.add_argument("--plot", default=None, metavar="FILE.png", help="write learning curves")
     summary.add_argument("--threshold", type=float, default=None, help="add steps to reach this return")
+    summary.add_argument(
+        "--state-plot",
+        default=None,
+        metavar="FILE.png",
+        help="write the RIM runs' largest abs(h) over training",
+    )
     return parser
 
 
@@ -105,7 +111,10 @@ def main(argv: list[str] | None = None) -> int:
                 recover=args.recover,
                 max_retry=args.max_retry,
             )
-        print(report(args.storage, args.study, args.output, args.json, args.plot, args.threshold), end="")
+        text = report(
+            args.storage, args.study, args.output, args.json, args.plot, args.threshold, args.state_plot
+        )
+        print(text, end="")
         return 0
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)

@@ -180,7 +180,15 @@ def test_two_workers_on_a_journal_file_run_each_cell_once_and_report_aggregates(
     assert len(study.trials) == 4
     assert len({t.user_attrs[WORKER] for t in complete}) == 2  # both workers took cells
 
-    text = report(storage, "grid", output, tmp_path / "rows.json", tmp_path / "curves.png", threshold=-1.0)
+    text = report(
+        storage,
+        "grid",
+        output,
+        tmp_path / "rows.json",
+        tmp_path / "curves.png",
+        threshold=-1.0,
+        state_plot_path=tmp_path / "states.png",
+    )
     rows = json.loads((tmp_path / "rows.json").read_text())
     assert [row["policy"] for row in rows] == ["rim", "lstm"] and all(row["n_seeds"] == 2 for row in rows)
     for row in rows:
@@ -190,10 +198,15 @@ def test_two_workers_on_a_journal_file_run_each_cell_once_and_report_aggregates(
         assert 0.0 <= row["success_rate"] <= 1.0
         assert row["steps_to_threshold"] == 64 and row["n_reached"] == 2  # every return is >= -1
         assert "seed" not in row
-    assert "4/4 complete" in text and "| policy | seeds | final return | success rate |" in text
+    # The RIM runs' largest abs(h) from their TensorBoard events (gated read: below 2); none for the LSTM.
+    assert 0.0 < rows[0]["state_abs_max"] < 2.0 and rows[1]["state_abs_max"] is None
+    assert (
+        "4/4 complete" in text and "| policy | seeds | final return | success rate | largest abs(h) |" in text
+    )
     assert text.count("| rim | 2 | ") == 1 and text.count("| lstm | 2 | ") == 1
     image = imread(tmp_path / "curves.png")
     assert image.shape[0] == 400 and image.shape[1] == 600
+    assert imread(tmp_path / "states.png").shape[:2] == (400, 700)
 
 
 def test_two_workers_on_postgresql_finish_the_grid_after_one_is_killed(tmp_path, postgres_url):
