@@ -13,6 +13,9 @@ Three shapes:
             sb3-contrib then loops over steps (``lstm-loop``); ``lstm-noreset`` is one
             nn.LSTM call that ignores the resets, a lower bound no reset-aware LSTM beats.
 
+Each case also times the RIM with ``comm_read="linear"`` (the paper's plain residual read)
+beside the default gated read, to show what bounding the state costs.
+
 Every variant runs once to warm up, then the variants are timed in turns (interleaved,
 so machine noise hits all alike) and the median of ``--repeats`` runs is reported, with
 the ratio to nn.LSTM. Ratios, not absolute times, are what carry across machines.
@@ -126,11 +129,13 @@ def main() -> None:
     if "paper" in args.cases:
         x = torch.randn(100, 64, 32, device=device)
         rim = RIM(32, num_units=6, unit_size=100, top_k=4).to(device)
+        linear = RIM(32, num_units=6, unit_size=100, top_k=4, comm_read="linear").to(device)
         lstm = nn.LSTM(32, 600).to(device)
         cell = nn.LSTMCell(32, 600).to(device)
         cases = {
             "nn.LSTM": backward_case(lambda: lstm(x)[0], list(lstm.parameters())),
             "RIM": backward_case(lambda: rim(x)[0], list(rim.parameters())),
+            "RIM, linear read": backward_case(lambda: linear(x)[0], list(linear.parameters())),
             "nn.LSTMCell loop": backward_case(lambda: lstm_cell_loop(cell, x), list(cell.parameters())),
         }
         title = "paper size: forward+backward, N=64 L=100 D=32, 6x100 k=4 vs 600"
@@ -140,11 +145,13 @@ def main() -> None:
         steps = 100
         x = torch.randn(1, 8, 64, device=device)
         rim = RIM(64, num_units=6, unit_size=100, top_k=4).to(device).eval()
+        linear = RIM(64, num_units=6, unit_size=100, top_k=4, comm_read="linear").to(device).eval()
         lstm = nn.LSTM(64, 600).to(device).eval()
         rim_state = (torch.zeros(1, 8, 600, device=device),) * 2
         cases = {
             "nn.LSTM": inference_case(lambda: lstm(x, rim_state)[0], steps),
             "RIM": inference_case(lambda: rim(x, rim_state)[0], steps),
+            "RIM, linear read": inference_case(lambda: linear(x, rim_state)[0], steps),
         }
         title = f"rollout step: inference, N=8 L=1 D=64 ({steps} steps per run)"
         report(title, measure(cases, args.repeats, device), "nn.LSTM", f"per {steps} steps")
@@ -153,10 +160,14 @@ def main() -> None:
         x = torch.randn(128, 32, 64, device=device)
         starts = (torch.rand(128, 32, device=device) < 0.02).float()
         rim = RIM(64, num_units=6, unit_size=100, top_k=4).to(device)
+        linear = RIM(64, num_units=6, unit_size=100, top_k=4, comm_read="linear").to(device)
         lstm = nn.LSTM(64, 600).to(device)
         cases = {
             "lstm-noreset": backward_case(lambda: lstm(x)[0], list(lstm.parameters())),
             "RIM": backward_case(lambda: rim(x, episode_starts=starts)[0], list(rim.parameters())),
+            "RIM, linear read": backward_case(
+                lambda: linear(x, episode_starts=starts)[0], list(linear.parameters())
+            ),
             "lstm-loop": backward_case(lambda: lstm_reset_loop(lstm, x, starts), list(lstm.parameters())),
         }
         title = f"training batch: forward+backward, N=32 L=128 D=64, {int(starts.sum())} resets"
