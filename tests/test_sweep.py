@@ -198,8 +198,8 @@ def test_two_workers_on_a_journal_file_run_each_cell_once_and_report_aggregates(
         assert 0.0 <= row["success_rate"] <= 1.0
         assert row["steps_to_threshold"] == 64 and row["n_reached"] == 2  # every return is >= -1
         assert "seed" not in row
-    # The RIM runs' largest abs(h) from their TensorBoard events (gated read: below 2); none for the LSTM.
-    assert 0.0 < rows[0]["state_abs_max"] < 2.0 and rows[1]["state_abs_max"] is None
+    # The RIM runs' largest abs(h) from their TensorBoard events (gated read: at most 2); none for the LSTM.
+    assert 0.0 < rows[0]["state_abs_max"] <= 2.0 and rows[1]["state_abs_max"] is None
     assert (
         "4/4 complete" in text and "| policy | seeds | final return | success rate | largest abs(h) |" in text
     )

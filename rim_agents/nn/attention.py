@@ -115,7 +115,8 @@ class CommunicationAttention(nn.Module):
 
     - ``"gated"``: ``sigmoid(r @ W_g + b_g) * tanh(r @ W_o + b_o)``, the official
       implementation's read (anirudh9119/RIMs, ``event_based/attention.py``). Each entry
-      lies in (-1, 1), so an LSTM unit's hidden state stays within (-2, 2).
+      lies in [-1, 1] (open in exact arithmetic; float32 rounds saturated gates to 1), so an
+      LSTM unit's hidden state stays within [-2, 2].
     - ``"linear"``: ``r @ W_o``, the paper's equation. Unbounded: the read is linear in
       all units' states, which already hold earlier reads, so states can grow step after
       step.

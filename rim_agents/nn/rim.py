@@ -59,7 +59,7 @@ class RIM(nn.Module):
         communicate: ``False`` removes communication (the paper's ablation).
         comm_read: how an active unit adds its communication read. ``"gated"`` (default):
             ``sigmoid(gate) * tanh(read)``, as the official implementation does; it keeps
-            an LSTM unit's h within (-2, 2). ``"linear"``: the paper's equation, the read
+            an LSTM unit's h within [-2, 2]. ``"linear"``: the paper's equation, the read
             added as it is; states can grow without bound over long runs.
         dropout: dropout on the outputs of each layer except the last, as ``nn.LSTM``.
         batch_first: input and output are ``(N, L, *)`` instead of ``(L, N, *)``
