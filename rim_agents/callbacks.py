@@ -40,6 +40,22 @@ def save_atomically(model: BaseAlgorithm, path: Path) -> None:
     os.replace(partial, path)
 
 
+def usage_entropy(counts: np.ndarray, top_k: int) -> float:
+    """Entropy of the units' share of activations, scaled to [0, 1] and averaged over layers.
+
+    With exactly ``top_k`` of ``K`` units active per step, the entropy of the shares lies
+    between ``log top_k`` (the same units every step) and ``log K`` (all units equally);
+    it is mapped linearly onto [0, 1].
+
+    :param counts: ``(Y, K)`` activations per layer and unit; needs ``K > top_k``
+    :param top_k: active units per step
+    """
+    share = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
+    entropy = -(share * np.log(np.where(share > 0, share, 1.0))).sum(axis=1)  # (Y,)
+    low, high = np.log(top_k), np.log(counts.shape[1])
+    return float(np.clip((entropy.mean() - low) / (high - low), 0.0, 1.0))
+
+
 class RimDiagnosticsCallback(BaseCallback):
     """Log how a RIM policy uses its units, from the masks its actor recorded during rollouts.
 
@@ -51,8 +67,9 @@ class RimDiagnosticsCallback(BaseCallback):
       steps unit k was active (the values of a layer sum to ``top_k``);
     - ``active_set_change_rate``: fraction of consecutive steps within an episode at which
       the active set changed (in any layer);
-    - ``unit_usage_entropy``: entropy of the units' share of activations divided by
-      ``log K``, averaged over layers (1 = all units used equally, 0 = one unit only);
+    - ``unit_usage_entropy``: how evenly the units share the activations, from 0 (always
+      the same ``top_k`` units) to 1 (all units equally), averaged over layers (see
+      :func:`usage_entropy`; not logged for a dense RIM, ``top_k == K``);
     - ``state_abs_max/h`` and ``state_abs_max/c``: the largest abs(h) and abs(c) of the
       actor's and critic's states over the rollout, to show drift before it bites (``c``
       only for LSTM units; a GRU's is zero);
@@ -139,10 +156,8 @@ class RimDiagnosticsCallback(BaseCallback):
                 self.logger.record(f"rim/activation_freq/{name}", float(frequency[layer, unit]))
         if self._comparisons:
             self.logger.record("rim/active_set_change_rate", self._changes / self._comparisons)
-        share = self._counts / np.maximum(self._counts.sum(axis=1, keepdims=True), 1)
-        entropy = -(share * np.log(np.where(share > 0, share, 1.0))).sum(axis=1)
-        if n_units > 1:
-            self.logger.record("rim/unit_usage_entropy", float(entropy.mean() / np.log(n_units)))
+        if n_units > self._rim.top_k:  # a dense RIM uses every unit at every step: nothing to log
+            self.logger.record("rim/unit_usage_entropy", usage_entropy(self._counts, self._rim.top_k))
         self._reset_counts()
         if self._last_episode is not None and self.num_timesteps - self._last_heatmap >= self.heatmap_freq:
             active, rewards = self._last_episode

@@ -7,13 +7,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
 from sb3_contrib import RecurrentPPO
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from rim_agents.callbacks import NonFiniteError
+from rim_agents.callbacks import NonFiniteError, usage_entropy
 from rim_agents.nn import RIM
 from rim_agents.ppo import RimPPO
 from rim_agents.training import (
@@ -298,3 +299,13 @@ def test_nan_logits_during_a_rollout_are_named_with_their_step(tmp_path, monkeyp
         train(tiny_config(tmp_path, n_timesteps=160, save_freq=32))
     assert "rl_model_32_steps.zip" in str(raised.value)
     assert isinstance(raised.value.__cause__, ValueError)
+
+
+def test_usage_entropy_is_zero_for_a_fixed_active_set_and_one_for_equal_use():
+    # 4 units, top_k 2, 100 steps: the same two units always, then every unit equally often.
+    assert usage_entropy(np.array([[100.0, 100.0, 0.0, 0.0]]), top_k=2) == pytest.approx(0.0)
+    assert usage_entropy(np.array([[50.0, 50.0, 50.0, 50.0]]), top_k=2) == pytest.approx(1.0)
+    between = usage_entropy(np.array([[100.0, 50.0, 50.0, 0.0]]), top_k=2)
+    assert 0.0 < between < 1.0
+    # Layers are averaged: one fixed layer and one even layer give one half.
+    assert usage_entropy(np.array([[100.0, 100.0, 0.0, 0.0], [50.0] * 4]), top_k=2) == pytest.approx(0.5)
