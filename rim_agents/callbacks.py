@@ -172,7 +172,10 @@ class RolloutCheckpointCallback(BaseCallback):
 
     SB3's CheckpointCallback saves mid-rollout, so its step count includes steps that were
     never trained on; here the count in a checkpoint is always fully trained work. A last
-    checkpoint is written when learning ends.
+    checkpoint is written when learning ends; when it ended inside a rollout (a callback
+    stopped it: the wall-time cap, a pruned sweep trial), the model's step count first goes
+    back to the steps trained on, so that neither that checkpoint nor the final model
+    claims the unfinished rollout's steps and a resume collects them again.
 
     :param save_dir: folder for the checkpoints
     :param save_freq: environment steps between checkpoints; 0 saves none (``save_interrupted`` still works)
@@ -185,11 +188,13 @@ class RolloutCheckpointCallback(BaseCallback):
             raise ValueError(f"save_freq={save_freq} must be a non-negative number of steps")
         self.save_dir = Path(save_dir)
         self.save_freq = save_freq
+        self._trained_steps: int | None = None  # set when learning starts
 
     # The model's counter, not the callback's copy: that one is refreshed only in on_step.
     def _init_callback(self) -> None:
         self._trained_steps = self.model.num_timesteps
         self._last_saved = self.model.num_timesteps
+        self._rollout_done = True  # no rollout in progress
 
     def _save(self) -> Path:
         self.save_dir.mkdir(parents=True, exist_ok=True)
@@ -200,21 +205,32 @@ class RolloutCheckpointCallback(BaseCallback):
 
     def _on_rollout_start(self) -> None:
         self._trained_steps = self.model.num_timesteps
+        self._rollout_done = False
         if self.save_freq and self.model.num_timesteps - self._last_saved >= self.save_freq:
             self._save()
+
+    def _on_rollout_end(self) -> None:
+        self._rollout_done = True  # SB3 trains on every rollout that ends
 
     def _on_step(self) -> bool:
         return True
 
     def _on_training_end(self) -> None:
+        if not self._rollout_done and self._trained_steps is not None:
+            self.model.num_timesteps = self._trained_steps
         if self.save_freq and self.model.num_timesteps != self._last_saved:
             self._save()
 
-    def save_interrupted(self) -> Path:
+    def save_interrupted(self) -> Path | None:
         """Save a checkpoint after an interruption, counting only the steps already trained on.
 
         Steps of a rollout in progress are dropped from ``num_timesteps``: resuming collects them again.
+
+        :return: the checkpoint, or None when learning had not started (an interrupt during the
+            environments' first reset): there is nothing new to save
         """
+        if self._trained_steps is None:
+            return None
         self.model.num_timesteps = self._trained_steps
         return self._save()
 

@@ -533,7 +533,10 @@ def train(
                 )
             except KeyboardInterrupt:
                 path = checkpointer.save_interrupted()
-                print(f"\ninterrupted: saved {path}\nresume with: --resume {path}", flush=True)
+                if path is None:
+                    print("\ninterrupted before training started: nothing new to save", flush=True)
+                else:
+                    print(f"\ninterrupted: saved {path}\nresume with: --resume {path}", flush=True)
                 raise
             except NonFiniteError:
                 raise

@@ -12,6 +12,7 @@ import pytest
 import torch
 import yaml
 from sb3_contrib import RecurrentPPO
+from stable_baselines3.common.vec_env import DummyVecEnv
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from rim_agents.callbacks import NonFiniteError, usage_entropy
@@ -222,9 +223,36 @@ def test_report_returning_false_stops_training_early(tmp_path):
         seen.append((num_timesteps, success_rate))
         return False
 
-    run_dir = train(tiny_config(tmp_path, n_timesteps=256, eval_freq=32, eval_episodes=1), report=prune)
-    assert seen == [(32, seen[0][1])] and seen[0][1] in (0.0, 1.0)
-    assert RecurrentPPO.load(run_dir / "final_model.zip").num_timesteps == 32
+    run_dir = train(tiny_config(tmp_path, n_timesteps=256, eval_freq=48, eval_episodes=1), report=prune)
+    assert seen == [(48, seen[0][1])] and seen[0][1] in (0.0, 1.0)
+    # Stopped at step 48, inside the second rollout: only the first 32 steps were trained on,
+    # and neither the final model nor the last checkpoint claims more.
+    final = RecurrentPPO.load(run_dir / "final_model.zip")
+    assert final.num_timesteps == 32 and final._n_updates == 1
+    checkpoints = sorted(p.name for p in (run_dir / "checkpoints").iterdir())
+    assert checkpoints == ["rl_model_32_steps.zip"]
+
+
+def test_a_stop_at_the_first_evaluation_claims_no_steps(tmp_path):
+    # The first rollout's last step (32) is evaluated and stops training before its update.
+    run_dir = train(
+        tiny_config(tmp_path, n_timesteps=256, eval_freq=32, eval_episodes=1), report=lambda *_: False
+    )
+    final = RecurrentPPO.load(run_dir / "final_model.zip")
+    assert final.num_timesteps == 0 and final._n_updates == 0
+    assert not (run_dir / "checkpoints").exists() or not any((run_dir / "checkpoints").iterdir())
+
+
+def test_interrupt_during_the_first_reset_stays_an_interrupt(tmp_path, monkeypatch, capsys):
+    def interrupted_reset(self):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(DummyVecEnv, "reset", interrupted_reset)
+    with pytest.raises(KeyboardInterrupt):
+        train(tiny_config(tmp_path))
+    assert "interrupted before training started: nothing new to save" in capsys.readouterr().out
+    (run_dir,) = tmp_path.iterdir()
+    assert not (run_dir / "checkpoints").exists()
 
 
 def test_resume_errors_name_the_problem(tmp_path):
