@@ -48,6 +48,7 @@ from rim_agents.callbacks import (
     StopAfterSeconds,
     save_atomically,
 )
+from rim_agents.extractors import MiniGridCNN
 from rim_agents.nn import RIM
 from rim_agents.ppo import RimPPO
 
@@ -282,6 +283,27 @@ def rim_hidden_size(rim_kwargs: dict[str, Any] | None) -> int:
     return int(num_units) * int(unit_size)
 
 
+def _check_pixels_reach_a_pixel_network(config: TrainConfig, policy_kwargs: dict[str, Any]) -> None:
+    """MiniGrid's ``observation: rgb`` gives 0-255 pixels; the family defaults (MiniGridCNN,
+    ``normalize_images: false``) are made for symbolic indices and would train on raw pixels."""
+    env_kwargs = config.hyperparams.get("env_kwargs") or {}
+    if env_kwargs.get("observation") != "rgb":
+        return
+    if policy_kwargs.get("features_extractor_class") is MiniGridCNN or not policy_kwargs.get(
+        "normalize_images", True
+    ):
+        raise ValueError(
+            "env_kwargs observation='rgb' gives 0-255 pixels, but the policy feeds them unscaled to "
+            f"{getattr(policy_kwargs.get('features_extractor_class'), '__name__', 'its extractor')} "
+            f"(normalize_images={policy_kwargs.get('normalize_images', True)}), which is made for "
+            "symbolic grids. Use a pixel network: -params "
+            "policy_kwargs.features_extractor_class:stable_baselines3.common.torch_layers.NatureCNN "
+            "policy_kwargs.normalize_images:True "
+            "(NatureCNN needs at least 36x36 pixels: env_kwargs.tile_size >= 6), "
+            "or keep observation 'symbolic'"
+        )
+
+
 def build_algorithm_kwargs(config: TrainConfig) -> tuple[type[RecurrentPPO], str, dict[str, Any]]:
     """Turn a configuration into the algorithm class, the policy name and RecurrentPPO keyword arguments.
 
@@ -303,6 +325,7 @@ def build_algorithm_kwargs(config: TrainConfig) -> tuple[type[RecurrentPPO], str
     for key in _CLASS_KWARGS:
         if isinstance(policy_kwargs.get(key), str):
             policy_kwargs[key] = _import_dotted(policy_kwargs[key])
+    _check_pixels_reach_a_pixel_network(config, policy_kwargs)
     algorithm: type[RecurrentPPO] = RimPPO
     if config.policy == "lstm":
         policy_name = policy_name.replace("Rim", "Lstm")

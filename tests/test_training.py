@@ -337,3 +337,22 @@ def test_usage_entropy_is_zero_for_a_fixed_active_set_and_one_for_equal_use():
     assert 0.0 < between < 1.0
     # Layers are averaged: one fixed layer and one even layer give one half.
     assert usage_entropy(np.array([[100.0, 100.0, 0.0, 0.0], [50.0] * 4]), top_k=2) == pytest.approx(0.5)
+
+
+def test_rgb_minigrid_with_the_symbolic_defaults_is_refused_and_a_pixel_network_trains(tmp_path):
+    config = tiny_config(tmp_path, n_timesteps=32, save_freq=0)
+    config.hyperparams["env_kwargs"] = {"observation": "rgb", "tile_size": 6}
+    with pytest.raises(ValueError, match=r"observation='rgb' gives 0-255 pixels.*MiniGridCNN.*NatureCNN"):
+        build_algorithm_kwargs(config)
+    pixels = parse_overrides(
+        [
+            "policy_kwargs.features_extractor_class:stable_baselines3.common.torch_layers.NatureCNN",
+            "policy_kwargs.normalize_images:True",
+            "env_kwargs.observation:rgb",
+            "env_kwargs.tile_size:6",
+        ]
+    )
+    options = dict(n_timesteps=32, n_envs=2, eval_freq=0, save_freq=0, progress_bar=False, device="cpu")
+    config = make_config(ENV, overrides={**TINY, **pixels}, log_folder=str(tmp_path), **options)
+    model = RecurrentPPO.load(train(config) / "final_model.zip")
+    assert model.observation_space.shape == (3, 42, 42)
