@@ -11,7 +11,8 @@ events), ``checkpoints/rl_model_<steps>_steps.zip``, ``best_model.zip`` (best ev
 ``eval/evaluations.npz`` and ``final_model.zip``. Checkpoints are written when a rollout
 starts, i.e. after the previous update finished, so the step count in a checkpoint is work
 that has been trained on; resuming loads one and runs the remaining steps with
-``reset_num_timesteps=False`` into the same TensorBoard directory.
+``reset_num_timesteps=False`` into the same TensorBoard directory, reseeded with
+:func:`resume_seed` so that it does not replay the levels and action noise of step 0.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import yaml
 from gymnasium import spaces
 from sb3_contrib import RecurrentPPO
@@ -452,7 +454,23 @@ def _load_checkpoint(config: TrainConfig, checkpoint: Path, env: VecEnv) -> Recu
             f"checkpoint {str(checkpoint)!r} holds a {stored.__name__}, but the run's config asks for "
             f"{expected.__name__} (policy={config.policy!r})"
         )
+    # SB3's load reseeds everything with the run's seed, which would replay step 0's levels and
+    # action noise at every resume; a seed drawn from (seed, steps) continues on fresh ones.
+    model.seed = resume_seed(config.seed, model.num_timesteps)
+    model.set_random_seed(model.seed)
     return model
+
+
+def resume_seed(seed: int, num_timesteps: int) -> int:
+    """The seed a run resumed at ``num_timesteps`` continues with: the same for every resume
+    from the same checkpoint, different from ``seed`` and from every other step's.
+
+    :param seed: the run's seed
+    :param num_timesteps: steps of the checkpoint it resumes from
+    """
+    if num_timesteps == 0:
+        return seed
+    return int(np.random.SeedSequence([seed, num_timesteps]).generate_state(1)[0]) % 2**31
 
 
 def _log_hyperparameters(model: RecurrentPPO, config: TrainConfig) -> None:

@@ -25,6 +25,7 @@ from rim_agents.training import (
     load_hyperparams,
     make_config,
     parse_overrides,
+    resume_seed,
     train,
 )
 
@@ -356,3 +357,27 @@ def test_rgb_minigrid_with_the_symbolic_defaults_is_refused_and_a_pixel_network_
     config = make_config(ENV, overrides={**TINY, **pixels}, log_folder=str(tmp_path), **options)
     model = RecurrentPPO.load(train(config) / "final_model.zip")
     assert model.observation_space.shape == (3, 42, 42)
+
+
+def test_resume_reseeds_from_seed_and_steps_and_stays_deterministic(tmp_path, monkeypatch):
+    seeds = []
+    original_seed = DummyVecEnv.seed
+
+    def spy(self, seed=None):
+        seeds.append(seed)
+        return original_seed(self, seed)
+
+    monkeypatch.setattr(DummyVecEnv, "seed", spy)
+    run_dir = train(tiny_config(tmp_path, n_timesteps=64, save_freq=32))
+    checkpoint = run_dir / "checkpoints" / "rl_model_32_steps.zip"
+    assert resume_seed(0, 32) not in (0, resume_seed(0, 64), resume_seed(1, 32))
+
+    finals = []
+    for attempt in range(2):
+        seeds.clear()
+        resumed = train(tiny_config(tmp_path / str(attempt), n_timesteps=64), checkpoint=checkpoint)
+        # The environments continue on new levels, not step 0's (seed 0) once more.
+        assert seeds[-1] == resume_seed(0, 32)
+        finals.append(RecurrentPPO.load(resumed / "final_model.zip").policy.state_dict())
+    for name, value in finals[0].items():
+        assert torch.equal(value, finals[1][name]), name  # two resumes from one checkpoint agree bit for bit
