@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import time
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -29,15 +30,29 @@ ReportFn = Callable[[int, float, float | None], bool | None]
 _IMAGE_ONLY = ("stdout", "log", "json", "csv")
 
 
-def save_atomically(model: BaseAlgorithm, path: Path) -> None:
-    """Save ``model`` to ``path`` through a temporary file in the same folder.
+def replace_durably(partial: Path, path: Path) -> None:
+    """Flush ``partial`` to disk, then rename it to ``path`` in one step.
 
-    A process killed while writing leaves a stray ``.<name>.partial.zip``, never a truncated
-    zip under a checkpoint's name that a resume would then try to load.
+    A process killed before the rename leaves ``partial`` behind and ``path`` as it was;
+    never a truncated file under ``path``.
     """
+    with open(partial, "rb+") as file:
+        os.fsync(file.fileno())
+    os.replace(partial, path)
+
+
+def save_atomically(model: BaseAlgorithm, path: Path) -> None:
+    """Save ``model`` to ``path`` through a temporary file ``.<name>.partial.zip`` in the same folder."""
     partial = path.with_name(f".{path.stem}.partial.zip")
     model.save(partial)
-    os.replace(partial, path)
+    replace_durably(partial, path)
+
+
+def write_text_atomically(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file in the same folder."""
+    partial = path.with_name(f".{path.name}.partial")
+    partial.write_text(text)
+    replace_durably(partial, path)
 
 
 def usage_entropy(counts: np.ndarray, top_k: int) -> float:
@@ -264,9 +279,13 @@ class ReportingEvalCallback(EvalCallback):
     """SB3's EvalCallback that survives resuming and reports each evaluation.
 
     Writes ``best_model.zip`` and ``best_model.json`` (steps and mean return of the best
-    evaluation) in ``run_dir`` and ``run_dir/eval/evaluations.npz``; when the run resumes,
-    earlier evaluations and the best return so far are read back, so the file keeps the
-    whole history and a worse model never replaces the best one.
+    evaluation) in ``run_dir`` and ``run_dir/eval/evaluations.npz``, each through a
+    temporary file, so a kill never leaves a truncated one. When the run resumes, earlier
+    evaluations and the best return so far are read back, so the file keeps the whole
+    history and a worse model never replaces the best one. Evaluations past the resumed
+    checkpoint's step belong to a trajectory that no longer exists: they are dropped, a best
+    model among them is set aside as ``abandoned_best_model.zip`` / ``.json``, and later
+    evaluations fall on the same step grid as before.
 
     :param eval_env: evaluation environments
     :param run_dir: the run directory
@@ -289,12 +308,16 @@ class ReportingEvalCallback(EvalCallback):
         verbose: int = 0,
     ) -> None:
         self.run_dir = Path(run_dir)
+        self.history = self.run_dir / "eval" / "evaluations.npz"
+        # SB3 writes the history in place with np.savez (which appends .npz) and the best model
+        # in place too: here it writes a temporary file that _on_step moves into place, and no
+        # best model (this class saves it).
         super().__init__(
             eval_env,
             n_eval_episodes=n_eval_episodes,
             eval_freq=eval_freq,
-            log_path=str(self.run_dir / "eval"),
-            best_model_save_path=str(self.run_dir),
+            log_path=str(self.run_dir / "eval" / ".evaluations.partial"),
+            best_model_save_path=None,
             deterministic=deterministic,
             verbose=verbose,
             warn=False,
@@ -303,17 +326,42 @@ class ReportingEvalCallback(EvalCallback):
 
     def _init_callback(self) -> None:
         super()._init_callback()
-        history = Path(f"{self.log_path}.npz")
-        if history.is_file():
-            with np.load(history) as data:
-                self.evaluations_timesteps = data["timesteps"].tolist()
-                self.evaluations_results = data["results"].tolist()
-                self.evaluations_length = data["ep_lengths"].tolist()
-                if "successes" in data:
-                    self.evaluations_successes = data["successes"].tolist()
+        steps = self.model.num_timesteps
+        if self.history.is_file():
+            data = _read_history(self.history)
+            keep = data["timesteps"] <= steps
+            self.evaluations_timesteps = data["timesteps"][keep].tolist()
+            self.evaluations_results = data["results"][keep].tolist()
+            self.evaluations_length = data["ep_lengths"][keep].tolist()
+            if "successes" in data:
+                self.evaluations_successes = data["successes"][keep].tolist()
+            if not keep.all():
+                self._write_history()
         best = self.run_dir / "best_model.json"
         if best.is_file():
-            self.best_mean_reward = float(json.loads(best.read_text())["mean_return"])
+            record = _read_best(best)
+            if record["num_timesteps"] <= steps:
+                self.best_mean_reward = float(record["mean_return"])
+            else:
+                for name in ("best_model.zip", "best_model.json"):
+                    if (self.run_dir / name).is_file():
+                        os.replace(self.run_dir / name, self.run_dir / f"abandoned_{name}")
+                means = [float(np.mean(results)) for results in self.evaluations_results]
+                self.best_mean_reward = max(means, default=-np.inf)
+        # Evaluations fall where they would have without the resume: every eval_freq calls from step 0.
+        self.n_calls = steps // self.training_env.num_envs
+
+    def _write_history(self) -> None:
+        partial = Path(f"{self.log_path}.npz")
+        successes = {"successes": self.evaluations_successes} if self.evaluations_successes else {}
+        np.savez(
+            partial,
+            timesteps=self.evaluations_timesteps,
+            results=self.evaluations_results,
+            ep_lengths=self.evaluations_length,
+            **successes,  # type: ignore[arg-type]
+        )
+        replace_durably(partial, self.history)
 
     def _on_step(self) -> bool:
         n_before = len(self.evaluations_timesteps)
@@ -321,17 +369,40 @@ class ReportingEvalCallback(EvalCallback):
         continue_training = super()._on_step()
         if len(self.evaluations_timesteps) == n_before:
             return continue_training
+        replace_durably(Path(f"{self.log_path}.npz"), self.history)
         if self.best_mean_reward > best_before:
+            save_atomically(self.model, self.run_dir / "best_model.zip")
             record: dict[str, Any] = {
                 "num_timesteps": self.num_timesteps,
                 "mean_return": self.best_mean_reward,
             }
-            (self.run_dir / "best_model.json").write_text(json.dumps(record))
+            write_text_atomically(self.run_dir / "best_model.json", json.dumps(record))
         if self.report is not None:
             success = float(np.mean(self._is_success_buffer)) if self._is_success_buffer else None
             if self.report(self.num_timesteps, float(self.last_mean_reward), success) is False:
                 continue_training = False
         return continue_training
+
+
+def _read_history(path: Path) -> dict[str, np.ndarray]:
+    try:
+        with np.load(path) as data:
+            return {name: data[name] for name in data.files}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
+        raise ValueError(
+            f"the evaluation history {path} cannot be read ({error}); move it away to resume without "
+            "it (the checkpoints do not depend on it)"
+        ) from error
+
+
+def _read_best(path: Path) -> dict[str, Any]:
+    try:
+        record = json.loads(path.read_text())
+        return {"num_timesteps": int(record["num_timesteps"]), "mean_return": float(record["mean_return"])}
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise ValueError(
+            f"{path} cannot be read ({error}); move it and best_model.zip away to resume without them"
+        ) from error
 
 
 class NonFiniteError(RuntimeError):

@@ -25,6 +25,7 @@ import importlib
 import inspect
 import re
 import time
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,7 @@ from stable_baselines3.common.logger import TensorBoardOutputFormat, configure
 from stable_baselines3.common.preprocessing import is_image_space, is_image_space_channels_first
 from stable_baselines3.common.utils import LinearSchedule
 from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv, VecTransposeImage
+from torch.utils.tensorboard import SummaryWriter
 
 from envs import check_env_id, env_family, make_env
 from rim_agents.callbacks import (
@@ -387,17 +389,22 @@ def new_run_dir(config: TrainConfig) -> Path:
             stamp += 1  # another run of the same env/policy/seed started within the same second
 
 
+def sorted_checkpoints(folder: str | Path) -> list[Path]:
+    """The ``rl_model_<steps>_steps.zip`` files in ``folder``, fewest steps first.
+
+    :param folder: a run's checkpoint folder
+    """
+    found = [(int(m.group(1)), p) for p in Path(folder).glob("*.zip") if (m := _CHECKPOINT_RE.search(p.name))]
+    return [path for _, path in sorted(found)]
+
+
 def latest_checkpoint(run_dir: str | Path) -> Path | None:
     """The checkpoint with the most steps in ``run_dir/checkpoints``, or None.
 
     :param run_dir: a run directory
     """
-    found = [
-        (int(m.group(1)), p)
-        for p in (Path(run_dir) / CHECKPOINT_DIR).glob("*.zip")
-        if (m := _CHECKPOINT_RE.search(p.name))
-    ]
-    return max(found)[1] if found else None
+    found = sorted_checkpoints(Path(run_dir) / CHECKPOINT_DIR)
+    return found[-1] if found else None
 
 
 def find_run(path: str | Path) -> tuple[Path, Path]:
@@ -441,8 +448,26 @@ def _save_config(config: TrainConfig, run_dir: Path) -> None:
         yaml.safe_dump(config.to_dict(), file, sort_keys=False)
 
 
+def _check_zip(checkpoint: Path) -> None:
+    """A ValueError naming a checkpoint that is cut short or damaged, and the one to use instead."""
+    try:
+        with zipfile.ZipFile(checkpoint) as archive:
+            damaged = archive.testzip()
+        problem = None if damaged is None else f"{damaged} inside it fails its checksum"
+    except (zipfile.BadZipFile, EOFError, OSError) as error:
+        problem = str(error)
+    if problem is not None:
+        earlier = [p for p in sorted_checkpoints(checkpoint.parent) if p != checkpoint]
+        hint = f"resume from {earlier[-1]}" if earlier else "start the run afresh"
+        raise ValueError(
+            f"checkpoint {str(checkpoint)!r} cannot be read ({problem}); it was probably cut short: "
+            f"move it away and {hint}"
+        )
+
+
 def _load_checkpoint(config: TrainConfig, checkpoint: Path, env: VecEnv) -> RecurrentPPO:
     algorithm, policy_name, _ = build_algorithm_kwargs(config)
+    _check_zip(checkpoint)
     try:
         model = algorithm.load(checkpoint, env=env, device=config.device)
     except ValueError as error:  # SB3 reports observation/action space mismatches as ValueError
@@ -536,6 +561,10 @@ def train(
         _save_config(config, run_dir)
         if on_run_dir is not None:
             on_run_dir(run_dir)
+        if checkpoint is not None:
+            # TensorBoard drops what a run logged past this step before it was resumed from here:
+            # the curves show one trajectory.
+            SummaryWriter(str(run_dir / "tb"), purge_step=model.num_timesteps).close()
         formats = ["tensorboard", "stdout"] if config.verbose else ["tensorboard"]
         model.set_logger(configure(str(run_dir / "tb"), formats))
         if checkpoint is None:

@@ -1,6 +1,7 @@
 """Training core and scripts/train_minigrid.py: run directory, resume, interrupts, diagnostics, bad config."""
 
 import importlib.util
+import json
 import os
 import re
 import subprocess
@@ -381,3 +382,47 @@ def test_resume_reseeds_from_seed_and_steps_and_stays_deterministic(tmp_path, mo
         finals.append(RecurrentPPO.load(resumed / "final_model.zip").policy.state_dict())
     for name, value in finals[0].items():
         assert torch.equal(value, finals[1][name]), name  # two resumes from one checkpoint agree bit for bit
+
+
+def _eval_history(run_dir):
+    with np.load(run_dir / "eval" / "evaluations.npz") as data:
+        return data["timesteps"].tolist()
+
+
+def test_resume_from_an_earlier_checkpoint_keeps_one_trajectory_of_evaluations(tmp_path):
+    # Evaluations every 48 steps, checkpoints every 32; the run goes to 160, then restarts at 64.
+    run_dir = train(tiny_config(tmp_path, n_timesteps=160, eval_freq=48, eval_episodes=1, save_freq=32))
+    assert _eval_history(run_dir) == [48, 96, 144]
+    # A best model found past the checkpoint belongs to the abandoned trajectory.
+    (run_dir / "best_model.json").write_text(json.dumps({"num_timesteps": 144, "mean_return": 0.5}))
+    config = tiny_config(tmp_path, n_timesteps=160, eval_freq=48, eval_episodes=1, save_freq=32)
+    train(config, checkpoint=run_dir / "checkpoints" / "rl_model_64_steps.zip")
+
+    assert _eval_history(run_dir) == [48, 96, 144]  # 96 and 144 again, on the same grid, once each
+    assert json.loads((run_dir / "abandoned_best_model.json").read_text())["num_timesteps"] == 144
+    if (run_dir / "best_model.json").is_file():
+        assert json.loads((run_dir / "best_model.json").read_text())["num_timesteps"] <= 160
+    events = EventAccumulator(str(run_dir / "tb"))
+    events.Reload()
+    steps = [event.step for event in events.Scalars("eval/mean_reward")]
+    assert steps == [48, 96, 144]  # TensorBoard purged the abandoned evaluations too
+
+
+@pytest.mark.parametrize("name", ["eval/evaluations.npz", "best_model.json"])
+def test_a_truncated_history_file_is_named_at_resume(tmp_path, name):
+    run_dir = train(tiny_config(tmp_path, n_timesteps=64, eval_freq=32, eval_episodes=1, save_freq=32))
+    damaged = run_dir / name
+    damaged.write_bytes(damaged.read_bytes()[: len(damaged.read_bytes()) // 2])
+    config = tiny_config(tmp_path, n_timesteps=96, eval_freq=32, eval_episodes=1, save_freq=32)
+    with pytest.raises(ValueError, match=rf"{re.escape(str(damaged))} cannot be read .* move it"):
+        train(config, run_dir=run_dir)
+
+
+def test_a_truncated_checkpoint_is_named_with_the_one_to_resume_from(tmp_path):
+    run_dir = train(tiny_config(tmp_path, n_timesteps=96, save_freq=32))
+    latest = run_dir / "checkpoints" / "rl_model_96_steps.zip"
+    latest.write_bytes(latest.read_bytes()[:1000])
+    with pytest.raises(
+        ValueError, match=r"rl_model_96_steps.zip.* cannot be read .* resume from .*rl_model_64"
+    ):
+        train(tiny_config(tmp_path, n_timesteps=128), run_dir=run_dir)
