@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 import zipfile
 from collections.abc import Callable
@@ -182,6 +183,19 @@ class RimDiagnosticsCallback(BaseCallback):
             self._last_heatmap = self.num_timesteps
 
 
+_CHECKPOINT_RE = re.compile(r"rl_model_(\d+)_steps\.zip")
+
+
+def sorted_checkpoints(folder: str | Path) -> list[tuple[int, Path]]:
+    """The ``rl_model_<steps>_steps.zip`` files in ``folder`` with their steps, fewest steps first.
+
+    :param folder: a run's checkpoint folder
+    """
+    return sorted(
+        (int(m.group(1)), p) for p in Path(folder).glob("*.zip") if (m := _CHECKPOINT_RE.fullmatch(p.name))
+    )
+
+
 class RolloutCheckpointCallback(BaseCallback):
     """Save ``rl_model_<steps>_steps.zip`` when a rollout starts, i.e. once the previous update is done.
 
@@ -194,15 +208,19 @@ class RolloutCheckpointCallback(BaseCallback):
 
     :param save_dir: folder for the checkpoints
     :param save_freq: environment steps between checkpoints; 0 saves none (``save_interrupted`` still works)
+    :param keep: after each save, delete all but the newest ``keep`` checkpoints; 0 keeps all
     :param verbose: verbosity level
     """
 
-    def __init__(self, save_dir: str | Path, save_freq: int, verbose: int = 0) -> None:
+    def __init__(self, save_dir: str | Path, save_freq: int, keep: int = 0, verbose: int = 0) -> None:
         super().__init__(verbose)
         if save_freq < 0:
             raise ValueError(f"save_freq={save_freq} must be a non-negative number of steps")
+        if keep < 0:
+            raise ValueError(f"keep={keep} must be a non-negative number of checkpoints")
         self.save_dir = Path(save_dir)
         self.save_freq = save_freq
+        self.keep = keep
         self._trained_steps: int | None = None  # set when learning starts
 
     # The model's counter, not the callback's copy: that one is refreshed only in on_step.
@@ -216,6 +234,9 @@ class RolloutCheckpointCallback(BaseCallback):
         path = self.save_dir / f"rl_model_{self.model.num_timesteps}_steps.zip"
         save_atomically(self.model, path)
         self._last_saved = self.model.num_timesteps
+        if self.keep:
+            for _, old in sorted_checkpoints(self.save_dir)[: -self.keep]:
+                old.unlink()
         return path
 
     def _on_rollout_start(self) -> None:

@@ -72,6 +72,7 @@ OPTION_KEYS = (
     "eval_episodes",
     "eval_deterministic",
     "save_freq",
+    "keep_checkpoints",
     "device",
     "max_seconds",
 )

@@ -23,7 +23,7 @@ import dataclasses
 import difflib
 import importlib
 import inspect
-import re
+import os
 import time
 import zipfile
 from collections.abc import Callable
@@ -51,6 +51,7 @@ from rim_agents.callbacks import (
     RolloutCheckpointCallback,
     StopAfterSeconds,
     save_atomically,
+    sorted_checkpoints,
 )
 from rim_agents.extractors import MiniGridCNN
 from rim_agents.nn import RIM
@@ -71,7 +72,6 @@ HYPERPARAM_KEYS = ALGO_KEYS | {"policy", "n_timesteps", "n_envs", "env_kwargs"}
 _SCHEDULE_KEYS = ("learning_rate", "clip_range", "clip_range_vf")
 # policy_kwargs entries given as dotted import paths in YAML.
 _CLASS_KWARGS = ("features_extractor_class", "activation_fn", "optimizer_class")
-_CHECKPOINT_RE = re.compile(r"rl_model_(\d+)_steps\.zip$")
 
 
 @dataclasses.dataclass
@@ -91,6 +91,8 @@ class TrainConfig:
     :param eval_episodes: episodes per evaluation
     :param eval_deterministic: evaluate with the most likely action instead of sampling
     :param save_freq: checkpoint every this many environment steps; 0 keeps only the final model
+    :param keep_checkpoints: keep the newest this many checkpoints and delete older ones (the best
+        model is a file of its own and always kept); 0 keeps all
     :param device: torch device (``"auto"``, ``"cpu"``, ``"cuda"``...)
     :param max_seconds: stop learning after this much wall time (at a rollout start) even if
         ``n_timesteps`` is not reached; None for no limit
@@ -110,6 +112,7 @@ class TrainConfig:
     eval_episodes: int = 20
     eval_deterministic: bool = False
     save_freq: int = 50_000
+    keep_checkpoints: int = 5
     device: str = "auto"
     max_seconds: float | None = None
     progress_bar: bool = True
@@ -129,6 +132,11 @@ class TrainConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ValueError(f"{name}={value!r} must be a non-negative number of steps (0 disables)")
+        keep = self.keep_checkpoints
+        if isinstance(keep, bool) or not isinstance(keep, int) or keep < 0:
+            raise ValueError(
+                f"keep_checkpoints={keep!r} must be a non-negative number of checkpoints (0 keeps all)"
+            )
         if self.max_seconds is not None and not self.max_seconds > 0:
             raise ValueError(f"max_seconds={self.max_seconds!r} must be a positive number of seconds or None")
         _check_keys(self.hyperparams, "hyperparams")
@@ -389,22 +397,13 @@ def new_run_dir(config: TrainConfig) -> Path:
             stamp += 1  # another run of the same env/policy/seed started within the same second
 
 
-def sorted_checkpoints(folder: str | Path) -> list[Path]:
-    """The ``rl_model_<steps>_steps.zip`` files in ``folder``, fewest steps first.
-
-    :param folder: a run's checkpoint folder
-    """
-    found = [(int(m.group(1)), p) for p in Path(folder).glob("*.zip") if (m := _CHECKPOINT_RE.search(p.name))]
-    return [path for _, path in sorted(found)]
-
-
 def latest_checkpoint(run_dir: str | Path) -> Path | None:
     """The checkpoint with the most steps in ``run_dir/checkpoints``, or None.
 
     :param run_dir: a run directory
     """
     found = sorted_checkpoints(Path(run_dir) / CHECKPOINT_DIR)
-    return found[-1] if found else None
+    return found[-1][1] if found else None
 
 
 def find_run(path: str | Path) -> tuple[Path, Path]:
@@ -448,6 +447,15 @@ def _save_config(config: TrainConfig, run_dir: Path) -> None:
         yaml.safe_dump(config.to_dict(), file, sort_keys=False)
 
 
+def _set_aside_later_checkpoints(folder: Path, num_timesteps: int) -> None:
+    """Move checkpoints past a resumed one into ``abandoned/``: a later resume must not pick a
+    checkpoint of the trajectory that this one replaces, and none is deleted."""
+    for steps, path in sorted_checkpoints(folder):
+        if steps > num_timesteps:
+            (folder / "abandoned").mkdir(exist_ok=True)
+            os.replace(path, folder / "abandoned" / path.name)
+
+
 def _check_zip(checkpoint: Path) -> None:
     """A ValueError naming a checkpoint that is cut short or damaged, and the one to use instead."""
     try:
@@ -457,7 +465,7 @@ def _check_zip(checkpoint: Path) -> None:
     except (zipfile.BadZipFile, EOFError, OSError) as error:
         problem = str(error)
     if problem is not None:
-        earlier = [p for p in sorted_checkpoints(checkpoint.parent) if p != checkpoint]
+        earlier = [p for _, p in sorted_checkpoints(checkpoint.parent) if p != checkpoint]
         hint = f"resume from {earlier[-1]}" if earlier else "start the run afresh"
         raise ValueError(
             f"checkpoint {str(checkpoint)!r} cannot be read ({problem}); it was probably cut short: "
@@ -565,12 +573,15 @@ def train(
             # TensorBoard drops what a run logged past this step before it was resumed from here:
             # the curves show one trajectory.
             SummaryWriter(str(run_dir / "tb"), purge_step=model.num_timesteps).close()
+            _set_aside_later_checkpoints(run_dir / CHECKPOINT_DIR, model.num_timesteps)
         formats = ["tensorboard", "stdout"] if config.verbose else ["tensorboard"]
         model.set_logger(configure(str(run_dir / "tb"), formats))
         if checkpoint is None:
             _log_hyperparameters(model, config)
 
-        checkpointer = RolloutCheckpointCallback(run_dir / CHECKPOINT_DIR, config.save_freq)
+        checkpointer = RolloutCheckpointCallback(
+            run_dir / CHECKPOINT_DIR, config.save_freq, keep=config.keep_checkpoints
+        )
         # First: a model with NaN or infinite values must stop training before anything saves it.
         guard = NonFiniteGuard(lambda: latest_checkpoint(run_dir))
         callbacks: list[BaseCallback] = [guard]

@@ -399,6 +399,8 @@ def test_resume_from_an_earlier_checkpoint_keeps_one_trajectory_of_evaluations(t
     train(config, checkpoint=run_dir / "checkpoints" / "rl_model_64_steps.zip")
 
     assert _eval_history(run_dir) == [48, 96, 144]  # 96 and 144 again, on the same grid, once each
+    abandoned = sorted(p.name for p in (run_dir / "checkpoints" / "abandoned").iterdir())
+    assert abandoned == ["rl_model_128_steps.zip", "rl_model_160_steps.zip", "rl_model_96_steps.zip"]
     assert json.loads((run_dir / "abandoned_best_model.json").read_text())["num_timesteps"] == 144
     if (run_dir / "best_model.json").is_file():
         assert json.loads((run_dir / "best_model.json").read_text())["num_timesteps"] <= 160
@@ -426,3 +428,17 @@ def test_a_truncated_checkpoint_is_named_with_the_one_to_resume_from(tmp_path):
         ValueError, match=r"rl_model_96_steps.zip.* cannot be read .* resume from .*rl_model_64"
     ):
         train(tiny_config(tmp_path, n_timesteps=128), run_dir=run_dir)
+
+
+def test_only_the_newest_checkpoints_are_kept_and_resume_finds_the_newest(tmp_path):
+    run_dir = train(tiny_config(tmp_path, n_timesteps=192, save_freq=32, keep_checkpoints=2))
+    kept = sorted(p.name for p in (run_dir / "checkpoints").iterdir())
+    assert kept == ["rl_model_160_steps.zip", "rl_model_192_steps.zip"]
+    assert find_run(run_dir)[1].name == "rl_model_192_steps.zip"
+    resumed = train(tiny_config(tmp_path, n_timesteps=256, save_freq=32, keep_checkpoints=2), run_dir=run_dir)
+    assert sorted(p.name for p in (resumed / "checkpoints").iterdir()) == [
+        "rl_model_224_steps.zip",
+        "rl_model_256_steps.zip",
+    ]
+    with pytest.raises(ValueError, match="keep_checkpoints=-1 must be a non-negative number of checkpoints"):
+        tiny_config(tmp_path, keep_checkpoints=-1)
