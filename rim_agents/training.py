@@ -530,6 +530,7 @@ def train(
     checkpoint: str | Path | None = None,
     report: ReportFn | None = None,
     on_run_dir: Callable[[Path], None] | None = None,
+    callbacks: list[BaseCallback] | None = None,
 ) -> Path:
     """Train (or continue training) a RecurrentPPO agent and return its run directory.
 
@@ -540,6 +541,7 @@ def train(
     :param report: called after each evaluation as ``report(num_timesteps, mean_return, success_rate)``;
         returning False stops training early (a sweep's pruning; an exception it raises propagates)
     :param on_run_dir: called with the run directory before training starts (e.g. to print it)
+    :param callbacks: more SB3 callbacks, run after the training core's own
     :return: the run directory, holding ``final_model.zip``
     """
     if checkpoint is not None and run_dir is None:
@@ -584,13 +586,13 @@ def train(
         )
         # First: a model with NaN or infinite values must stop training before anything saves it.
         guard = NonFiniteGuard(lambda: latest_checkpoint(run_dir))
-        callbacks: list[BaseCallback] = [guard]
+        chain: list[BaseCallback] = [guard]
         if isinstance(model.policy.lstm_actor, RIM):
-            # First in the list: evaluation runs the same RIM on other envs and overwrites last_active.
-            callbacks.append(RimDiagnosticsCallback())
-        callbacks.append(checkpointer)
+            # Before evaluation, which runs the same RIM on other envs and overwrites last_active.
+            chain.append(RimDiagnosticsCallback())
+        chain.append(checkpointer)
         if eval_env is not None:
-            callbacks.append(
+            chain.append(
                 ReportingEvalCallback(
                     eval_env,
                     run_dir=run_dir,
@@ -602,13 +604,14 @@ def train(
                 )
             )
         if config.max_seconds is not None:
-            callbacks.append(StopAfterSeconds(config.max_seconds))
+            chain.append(StopAfterSeconds(config.max_seconds))
+        chain.extend(callbacks or [])
         remaining = config.n_timesteps - model.num_timesteps
         if remaining > 0:
             try:
                 model.learn(
                     remaining,
-                    callback=CallbackList(callbacks),
+                    callback=CallbackList(chain),
                     reset_num_timesteps=False,
                     progress_bar=config.progress_bar,
                 )
