@@ -15,12 +15,13 @@ Three steps, each a function here and a subcommand of ``scripts/sweep.py``:
 Storage: a journal file path (one machine, or a shared folder) or a ``postgresql://`` URL
 (many machines). A trial whose worker died is failed and queued again carrying its run
 name, so the retry resumes the same run directory from its latest checkpoint: with
-PostgreSQL through Optuna's heartbeat, with a journal file through a heartbeat this module
-writes into the trial's user attributes.
+PostgreSQL through Optuna's heartbeat, with a journal file through a beat counter this
+module writes into the trial's user attributes (see :class:`Worker`).
 
 A trial's user attributes: ``sweep_index`` (the cell; copied into retries), ``cell`` (its
 training options), ``run_name``, ``start_step`` (checkpoint the last attempt resumed from),
-``worker`` (host:pid), ``heartbeat`` (journal only), ``success_rate`` and ``error``.
+``worker`` (host:pid), ``heartbeat`` (journal only: a count of beats), ``deaths`` (how often
+the cell's worker died; hand-backs do not count), ``success_rate`` and ``error``.
 """
 
 from __future__ import annotations
