@@ -20,7 +20,10 @@ The pipeline, innermost first (``AtariWrapper``'s wrappers in its order, with th
    108,000 frames, 30 minutes of play);
 4. ``Monitor``: episode statistics are the game's score over the whole game;
 5. episodic life (training only): losing a life ends the episode for the learner, not the game;
-6. FIRE at reset for games that need it (its two steps count towards the game's length);
+6. FIRE at reset for games that need it (its two steps count towards the game's length),
+   and, when a lost life does not end the episode (evaluation), FIRE again after each lost
+   life: otherwise an agent that never chooses FIRE (a deterministic one can) waits for the
+   ball until the time limit;
 7. 84x84 grayscale (``screen_size``): ALE's grayscale frame, area-averaged by Pillow
    (``WarpFrame`` needs OpenCV, which is not a dependency here);
 8. reward clipping to {-1, 0, +1} (training only);
@@ -119,6 +122,36 @@ class StackFrames(gym.Wrapper):
         return self._observation(), reward, terminated, truncated, info
 
 
+class FireAfterLifeLoss(gym.Wrapper):
+    """Press FIRE once after every life lost within an episode, as ``FireResetEnv`` does at reset.
+
+    Games such as Breakout relaunch the ball only on FIRE. With lives lost inside one episode
+    (no episodic life), an agent that never picks FIRE would stall until the time limit.
+    The FIRE step's reward is added to the step that lost the life.
+
+    :param env: an ALE environment whose action 1 is FIRE
+    """
+
+    def __init__(self, env: gym.Env) -> None:
+        super().__init__(env)
+        self._lives = 0
+
+    def reset(self, **kwargs: Any) -> tuple[Any, dict[str, Any]]:
+        obs, info = self.env.reset(**kwargs)
+        self._lives = self.env.unwrapped.ale.lives()  # type: ignore[attr-defined]
+        return obs, info
+
+    def step(self, action: Any) -> tuple[Any, SupportsFloat, bool, bool, dict[str, Any]]:
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        lives = self.env.unwrapped.ale.lives()  # type: ignore[attr-defined]
+        if 0 < lives < self._lives and not (terminated or truncated):
+            obs, fire_reward, terminated, truncated, info = self.env.step(1)
+            reward = float(reward) + float(fire_reward)
+            lives = self.env.unwrapped.ale.lives()  # type: ignore[attr-defined]
+        self._lives = lives
+        return obs, reward, terminated, truncated, info
+
+
 def env_ids() -> list[str]:
     """Supported ids, sorted: image-observation ``<Game>NoFrameskip-v4`` and ``ALE/<Game>-v5``."""
     return sorted(
@@ -214,6 +247,8 @@ def make_atari(
         env = EpisodicLifeEnv(env)
     if "FIRE" in env.unwrapped.get_action_meanings():  # type: ignore[union-attr]  # an ale_py AtariEnv
         env = FireResetEnv(env)
+        if not terminal_on_life_loss:
+            env = FireAfterLifeLoss(env)
     env = ResizeFrame(env, screen_size)
     if clip_reward:
         env = ClipRewardEnv(env)

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -29,15 +31,45 @@ ReportFn = Callable[[int, float, float | None], bool | None]
 _IMAGE_ONLY = ("stdout", "log", "json", "csv")
 
 
-def save_atomically(model: BaseAlgorithm, path: Path) -> None:
-    """Save ``model`` to ``path`` through a temporary file in the same folder.
+def replace_durably(partial: Path, path: Path) -> None:
+    """Flush ``partial`` to disk, then rename it to ``path`` in one step.
 
-    A process killed while writing leaves a stray ``.<name>.partial.zip``, never a truncated
-    zip under a checkpoint's name that a resume would then try to load.
+    A process killed before the rename leaves ``partial`` behind and ``path`` as it was;
+    never a truncated file under ``path``.
     """
+    with open(partial, "rb+") as file:
+        os.fsync(file.fileno())
+    os.replace(partial, path)
+
+
+def save_atomically(model: BaseAlgorithm, path: Path) -> None:
+    """Save ``model`` to ``path`` through a temporary file ``.<name>.partial.zip`` in the same folder."""
     partial = path.with_name(f".{path.stem}.partial.zip")
     model.save(partial)
-    os.replace(partial, path)
+    replace_durably(partial, path)
+
+
+def write_text_atomically(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file in the same folder."""
+    partial = path.with_name(f".{path.name}.partial")
+    partial.write_text(text)
+    replace_durably(partial, path)
+
+
+def usage_entropy(counts: np.ndarray, top_k: int) -> float:
+    """Entropy of the units' share of activations, scaled to [0, 1] and averaged over layers.
+
+    With exactly ``top_k`` of ``K`` units active per step, the entropy of the shares lies
+    between ``log top_k`` (the same units every step) and ``log K`` (all units equally);
+    it is mapped linearly onto [0, 1].
+
+    :param counts: ``(Y, K)`` activations per layer and unit; needs ``K > top_k``
+    :param top_k: active units per step
+    """
+    share = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
+    entropy = -(share * np.log(np.where(share > 0, share, 1.0))).sum(axis=1)  # (Y,)
+    low, high = np.log(top_k), np.log(counts.shape[1])
+    return float(np.clip((entropy.mean() - low) / (high - low), 0.0, 1.0))
 
 
 class RimDiagnosticsCallback(BaseCallback):
@@ -51,8 +83,9 @@ class RimDiagnosticsCallback(BaseCallback):
       steps unit k was active (the values of a layer sum to ``top_k``);
     - ``active_set_change_rate``: fraction of consecutive steps within an episode at which
       the active set changed (in any layer);
-    - ``unit_usage_entropy``: entropy of the units' share of activations divided by
-      ``log K``, averaged over layers (1 = all units used equally, 0 = one unit only);
+    - ``unit_usage_entropy``: how evenly the units share the activations, from 0 (always
+      the same ``top_k`` units) to 1 (all units equally), averaged over layers (see
+      :func:`usage_entropy`; not logged for a dense RIM, ``top_k == K``);
     - ``state_abs_max/h`` and ``state_abs_max/c``: the largest abs(h) and abs(c) of the
       actor's and critic's states over the rollout, to show drift before it bites (``c``
       only for LSTM units; a GRU's is zero);
@@ -139,10 +172,8 @@ class RimDiagnosticsCallback(BaseCallback):
                 self.logger.record(f"rim/activation_freq/{name}", float(frequency[layer, unit]))
         if self._comparisons:
             self.logger.record("rim/active_set_change_rate", self._changes / self._comparisons)
-        share = self._counts / np.maximum(self._counts.sum(axis=1, keepdims=True), 1)
-        entropy = -(share * np.log(np.where(share > 0, share, 1.0))).sum(axis=1)
-        if n_units > 1:
-            self.logger.record("rim/unit_usage_entropy", float(entropy.mean() / np.log(n_units)))
+        if n_units > self._rim.top_k:  # a dense RIM uses every unit at every step: nothing to log
+            self.logger.record("rim/unit_usage_entropy", usage_entropy(self._counts, self._rim.top_k))
         self._reset_counts()
         if self._last_episode is not None and self.num_timesteps - self._last_heatmap >= self.heatmap_freq:
             active, rewards = self._last_episode
@@ -152,54 +183,90 @@ class RimDiagnosticsCallback(BaseCallback):
             self._last_heatmap = self.num_timesteps
 
 
+_CHECKPOINT_RE = re.compile(r"rl_model_(\d+)_steps\.zip")
+
+
+def sorted_checkpoints(folder: str | Path) -> list[tuple[int, Path]]:
+    """The ``rl_model_<steps>_steps.zip`` files in ``folder`` with their steps, fewest steps first.
+
+    :param folder: a run's checkpoint folder
+    """
+    return sorted(
+        (int(m.group(1)), p) for p in Path(folder).glob("*.zip") if (m := _CHECKPOINT_RE.fullmatch(p.name))
+    )
+
+
 class RolloutCheckpointCallback(BaseCallback):
     """Save ``rl_model_<steps>_steps.zip`` when a rollout starts, i.e. once the previous update is done.
 
     SB3's CheckpointCallback saves mid-rollout, so its step count includes steps that were
     never trained on; here the count in a checkpoint is always fully trained work. A last
-    checkpoint is written when learning ends.
+    checkpoint is written when learning ends; when it ended inside a rollout (a callback
+    stopped it: the wall-time cap, a pruned sweep trial), the model's step count first goes
+    back to the steps trained on, so that neither that checkpoint nor the final model
+    claims the unfinished rollout's steps and a resume collects them again.
 
     :param save_dir: folder for the checkpoints
     :param save_freq: environment steps between checkpoints; 0 saves none (``save_interrupted`` still works)
+    :param keep: after each save, delete all but the newest ``keep`` checkpoints; 0 keeps all
     :param verbose: verbosity level
     """
 
-    def __init__(self, save_dir: str | Path, save_freq: int, verbose: int = 0) -> None:
+    def __init__(self, save_dir: str | Path, save_freq: int, keep: int = 0, verbose: int = 0) -> None:
         super().__init__(verbose)
         if save_freq < 0:
             raise ValueError(f"save_freq={save_freq} must be a non-negative number of steps")
+        if keep < 0:
+            raise ValueError(f"keep={keep} must be a non-negative number of checkpoints")
         self.save_dir = Path(save_dir)
         self.save_freq = save_freq
+        self.keep = keep
+        self._trained_steps: int | None = None  # set when learning starts
 
     # The model's counter, not the callback's copy: that one is refreshed only in on_step.
     def _init_callback(self) -> None:
         self._trained_steps = self.model.num_timesteps
         self._last_saved = self.model.num_timesteps
+        self._rollout_done = True  # no rollout in progress
 
     def _save(self) -> Path:
         self.save_dir.mkdir(parents=True, exist_ok=True)
         path = self.save_dir / f"rl_model_{self.model.num_timesteps}_steps.zip"
         save_atomically(self.model, path)
         self._last_saved = self.model.num_timesteps
+        if self.keep:
+            for _, old in sorted_checkpoints(self.save_dir)[: -self.keep]:
+                old.unlink()
         return path
 
     def _on_rollout_start(self) -> None:
         self._trained_steps = self.model.num_timesteps
+        self._rollout_done = False
         if self.save_freq and self.model.num_timesteps - self._last_saved >= self.save_freq:
             self._save()
+
+    def _on_rollout_end(self) -> None:
+        self._rollout_done = True  # SB3 trains on every rollout that ends
 
     def _on_step(self) -> bool:
         return True
 
     def _on_training_end(self) -> None:
+        if not self._rollout_done and self._trained_steps is not None:
+            self.model.num_timesteps = self._trained_steps
         if self.save_freq and self.model.num_timesteps != self._last_saved:
             self._save()
 
-    def save_interrupted(self) -> Path:
+    def save_interrupted(self) -> Path | None:
         """Save a checkpoint after an interruption, counting only the steps already trained on.
 
         Steps of a rollout in progress are dropped from ``num_timesteps``: resuming collects them again.
+
+        :return: the checkpoint, or None when learning had not started (an interrupt during the
+            environments' first reset): there is nothing new to save
         """
+        if self._trained_steps is None:
+            return None
         self.model.num_timesteps = self._trained_steps
         return self._save()
 
@@ -233,9 +300,13 @@ class ReportingEvalCallback(EvalCallback):
     """SB3's EvalCallback that survives resuming and reports each evaluation.
 
     Writes ``best_model.zip`` and ``best_model.json`` (steps and mean return of the best
-    evaluation) in ``run_dir`` and ``run_dir/eval/evaluations.npz``; when the run resumes,
-    earlier evaluations and the best return so far are read back, so the file keeps the
-    whole history and a worse model never replaces the best one.
+    evaluation) in ``run_dir`` and ``run_dir/eval/evaluations.npz``, each through a
+    temporary file, so a kill never leaves a truncated one. When the run resumes, earlier
+    evaluations and the best return so far are read back, so the file keeps the whole
+    history and a worse model never replaces the best one. Evaluations past the resumed
+    checkpoint's step belong to a trajectory that no longer exists: they are dropped, a best
+    model among them is set aside as ``abandoned_best_model.zip`` / ``.json``, and later
+    evaluations fall on the same step grid as before.
 
     :param eval_env: evaluation environments
     :param run_dir: the run directory
@@ -258,12 +329,16 @@ class ReportingEvalCallback(EvalCallback):
         verbose: int = 0,
     ) -> None:
         self.run_dir = Path(run_dir)
+        self.history = self.run_dir / "eval" / "evaluations.npz"
+        # SB3 writes the history in place with np.savez (which appends .npz) and the best model
+        # in place too: here it writes a temporary file that _on_step moves into place, and no
+        # best model (this class saves it).
         super().__init__(
             eval_env,
             n_eval_episodes=n_eval_episodes,
             eval_freq=eval_freq,
-            log_path=str(self.run_dir / "eval"),
-            best_model_save_path=str(self.run_dir),
+            log_path=str(self.run_dir / "eval" / ".evaluations.partial"),
+            best_model_save_path=None,
             deterministic=deterministic,
             verbose=verbose,
             warn=False,
@@ -272,17 +347,42 @@ class ReportingEvalCallback(EvalCallback):
 
     def _init_callback(self) -> None:
         super()._init_callback()
-        history = Path(f"{self.log_path}.npz")
-        if history.is_file():
-            with np.load(history) as data:
-                self.evaluations_timesteps = data["timesteps"].tolist()
-                self.evaluations_results = data["results"].tolist()
-                self.evaluations_length = data["ep_lengths"].tolist()
-                if "successes" in data:
-                    self.evaluations_successes = data["successes"].tolist()
+        steps = self.model.num_timesteps
+        if self.history.is_file():
+            data = _read_history(self.history)
+            keep = data["timesteps"] <= steps
+            self.evaluations_timesteps = data["timesteps"][keep].tolist()
+            self.evaluations_results = data["results"][keep].tolist()
+            self.evaluations_length = data["ep_lengths"][keep].tolist()
+            if "successes" in data:
+                self.evaluations_successes = data["successes"][keep].tolist()
+            if not keep.all():
+                self._write_history()
         best = self.run_dir / "best_model.json"
         if best.is_file():
-            self.best_mean_reward = float(json.loads(best.read_text())["mean_return"])
+            record = _read_best(best)
+            if record["num_timesteps"] <= steps:
+                self.best_mean_reward = float(record["mean_return"])
+            else:
+                for name in ("best_model.zip", "best_model.json"):
+                    if (self.run_dir / name).is_file():
+                        os.replace(self.run_dir / name, self.run_dir / f"abandoned_{name}")
+                means = [float(np.mean(results)) for results in self.evaluations_results]
+                self.best_mean_reward = max(means, default=-np.inf)
+        # Evaluations fall where they would have without the resume: every eval_freq calls from step 0.
+        self.n_calls = steps // self.training_env.num_envs
+
+    def _write_history(self) -> None:
+        partial = Path(f"{self.log_path}.npz")
+        successes = {"successes": self.evaluations_successes} if self.evaluations_successes else {}
+        np.savez(
+            partial,
+            timesteps=self.evaluations_timesteps,
+            results=self.evaluations_results,
+            ep_lengths=self.evaluations_length,
+            **successes,  # type: ignore[arg-type]
+        )
+        replace_durably(partial, self.history)
 
     def _on_step(self) -> bool:
         n_before = len(self.evaluations_timesteps)
@@ -290,17 +390,40 @@ class ReportingEvalCallback(EvalCallback):
         continue_training = super()._on_step()
         if len(self.evaluations_timesteps) == n_before:
             return continue_training
+        replace_durably(Path(f"{self.log_path}.npz"), self.history)
         if self.best_mean_reward > best_before:
+            save_atomically(self.model, self.run_dir / "best_model.zip")
             record: dict[str, Any] = {
                 "num_timesteps": self.num_timesteps,
                 "mean_return": self.best_mean_reward,
             }
-            (self.run_dir / "best_model.json").write_text(json.dumps(record))
+            write_text_atomically(self.run_dir / "best_model.json", json.dumps(record))
         if self.report is not None:
             success = float(np.mean(self._is_success_buffer)) if self._is_success_buffer else None
             if self.report(self.num_timesteps, float(self.last_mean_reward), success) is False:
                 continue_training = False
         return continue_training
+
+
+def _read_history(path: Path) -> dict[str, np.ndarray]:
+    try:
+        with np.load(path) as data:
+            return {name: data[name] for name in data.files}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
+        raise ValueError(
+            f"the evaluation history {path} cannot be read ({error}); move it away to resume without "
+            "it (the checkpoints do not depend on it)"
+        ) from error
+
+
+def _read_best(path: Path) -> dict[str, Any]:
+    try:
+        record = json.loads(path.read_text())
+        return {"num_timesteps": int(record["num_timesteps"]), "mean_return": float(record["mean_return"])}
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise ValueError(
+            f"{path} cannot be read ({error}); move it and best_model.zip away to resume without them"
+        ) from error
 
 
 class NonFiniteError(RuntimeError):

@@ -48,6 +48,12 @@ def build_train_parser(description: str, default_env: str, env_help: str) -> arg
     parser.add_argument(
         "--save-freq", type=int, default=None, help="checkpoint every N env steps; 0 disables"
     )
+    parser.add_argument(
+        "--keep-checkpoints",
+        type=int,
+        default=None,
+        help="keep the newest N checkpoints, delete older ones; 0 keeps all (default 5)",
+    )
     parser.add_argument("--device", default=None, help="torch device: auto, cpu, cuda")
     parser.add_argument(
         "-params", "--hyperparams", nargs="+", default=[], metavar="KEY:VALUE", help="overrides"
@@ -83,6 +89,7 @@ def train_main(
         "eval_freq": args.eval_freq,
         "eval_episodes": args.eval_episodes,
         "save_freq": args.save_freq,
+        "keep_checkpoints": args.keep_checkpoints,
         "device": args.device,
         "verbose": args.verbose,
     }

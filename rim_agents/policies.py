@@ -56,6 +56,15 @@ _LSTM_KWARGS_RIM_MATCHES: dict[str, Any] = {
 }
 
 
+class ConflictingOptionsError(ValueError, AssertionError):
+    """Policy options that cannot be combined.
+
+    A ``ValueError``, as a bad argument is here; also an ``AssertionError`` because
+    sb3-contrib's LSTM policy reports the same conflicts with ``assert``, and code written
+    against it (a drop-in swap must keep working) catches that.
+    """
+
+
 def _resolve_rim_kwargs(
     rim_kwargs: dict[str, Any] | None,
     lstm_kwargs: dict[str, Any] | None,
@@ -196,14 +205,15 @@ class RimActorCriticPolicy(RecurrentActorCriticPolicy):
         lstm_kwargs: dict[str, Any] | None = None,
         rim_kwargs: dict[str, Any] | None = None,
     ):
-        # sb3-contrib checks these with asserts after building; fail first, with a ValueError.
+        # sb3-contrib checks these with asserts after building; fail first, with an error that
+        # callers of either library catch (see ConflictingOptionsError).
         if shared_lstm and enable_critic_lstm:
-            raise ValueError(
+            raise ConflictingOptionsError(
                 "shared_lstm=True and enable_critic_lstm=True conflict: choose a shared RIM "
                 "(shared_lstm=True, enable_critic_lstm=False), a separate critic RIM, or none"
             )
         if shared_lstm and not share_features_extractor:
-            raise ValueError(
+            raise ConflictingOptionsError(
                 "shared_lstm=True requires share_features_extractor=True: "
                 "the RIM cannot be shared if the features extractor is not"
             )

@@ -15,12 +15,13 @@ Three steps, each a function here and a subcommand of ``scripts/sweep.py``:
 Storage: a journal file path (one machine, or a shared folder) or a ``postgresql://`` URL
 (many machines). A trial whose worker died is failed and queued again carrying its run
 name, so the retry resumes the same run directory from its latest checkpoint: with
-PostgreSQL through Optuna's heartbeat, with a journal file through a heartbeat this module
-writes into the trial's user attributes.
+PostgreSQL through Optuna's heartbeat, with a journal file through a beat counter this
+module writes into the trial's user attributes (see :class:`Worker`).
 
 A trial's user attributes: ``sweep_index`` (the cell; copied into retries), ``cell`` (its
 training options), ``run_name``, ``start_step`` (checkpoint the last attempt resumed from),
-``worker`` (host:pid), ``heartbeat`` (journal only), ``success_rate`` and ``error``.
+``worker`` (host:pid), ``heartbeat`` (journal only: a count of beats), ``deaths`` (how often
+the cell's worker died; hand-backs do not count), ``success_rate`` and ``error``.
 """
 
 from __future__ import annotations
@@ -47,9 +48,10 @@ import optuna
 import torch as th
 import yaml
 from optuna.exceptions import ExperimentalWarning, UpdateFinishedTrialError
-from optuna.storages import BaseStorage, JournalStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
+from optuna.storages import BaseStorage, JournalStorage, RDBStorage
 from optuna.storages.journal import JournalFileBackend, JournalFileSymlinkLock
 from optuna.trial import FrozenTrial, Trial, TrialState
+from stable_baselines3.common.callbacks import BaseCallback
 
 from rim_agents.training import (
     HYPERPARAM_KEYS,
@@ -72,12 +74,13 @@ OPTION_KEYS = (
     "eval_episodes",
     "eval_deterministic",
     "save_freq",
+    "keep_checkpoints",
     "device",
     "max_seconds",
 )
 PRUNERS = ("median", "none")
 INDEX, CELL, RUN_NAME, START_STEP = "sweep_index", "cell", "run_name", "start_step"
-WORKER, HEARTBEAT, SUCCESS, ERROR = "worker", "heartbeat", "success_rate", "error"
+WORKER, HEARTBEAT, SUCCESS, ERROR, DEATHS = "worker", "heartbeat", "success_rate", "error", "deaths"
 _SPEC = "sweep"  # study user attribute: how the study was created
 _STEP_RE = re.compile(r"rl_model_(\d+)_steps\.zip$")
 _SCHEME_RE = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*)://")
@@ -333,7 +336,7 @@ def open_storage(
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ExperimentalWarning)
-            callback = RetryHeartbeatStaleTrialCallback(max_retry=max_retry) if heartbeat else None
+            callback = Requeue(death=True, max_deaths=max_retry) if heartbeat else None
             rdb = RDBStorage(
                 storage,
                 engine_kwargs=engine_kwargs,
@@ -461,8 +464,48 @@ def create_search(
 # --- workers --------------------------------------------------------------------------------------
 
 
-class _QueueEmpty(Exception):
-    """``study.ask`` made a new trial because another worker took the last queued one meanwhile."""
+class _TrialLost(Exception):
+    """The running trial was failed by another worker (declared dead): stop training at once."""
+
+
+class Requeue:
+    """Queue a failed trial again as a WAITING copy that carries its run name and reports.
+
+    Deaths (a worker that stopped beating) and hand-backs (Ctrl-C, SIGTERM) are counted
+    apart, in the ``deaths`` user attribute: only deaths spend the ``max_deaths`` budget, so
+    interrupting a sweep never leaves a cell without a retry for a real crash. The copy
+    keeps the reported evaluations, so the pruner compares the resumed run on the same steps.
+    Usable as an :class:`~optuna.storages.RDBStorage` ``heartbeat_stale_trial_callback``.
+
+    :param death: whether the trial's worker died (counts against ``max_deaths``)
+    :param max_deaths: times one cell is queued again after its worker died; None: no limit
+    """
+
+    def __init__(self, death: bool, max_deaths: int | None = None) -> None:
+        self.death = death
+        self.max_deaths = max_deaths
+
+    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        self.add(study, trial)
+
+    def add(self, study: optuna.Study, trial: FrozenTrial) -> bool:
+        """Queue the copy; False when the trial's deaths have spent the budget."""
+        deaths = int(trial.user_attrs.get(DEATHS, 0)) + self.death
+        if self.max_deaths is not None and deaths > self.max_deaths:
+            return False
+        history = [*trial.system_attrs.get("retry_history", []), trial.number]
+        study.add_trial(
+            optuna.create_trial(
+                state=TrialState.WAITING,
+                params=trial.params,
+                distributions=trial.distributions,
+                user_attrs={**trial.user_attrs, DEATHS: deaths},
+                # Optuna's retry attributes, so RetryHeartbeatStaleTrialCallback.retry_history reads them.
+                system_attrs={"failed_trial": history[0], "retry_history": history},
+                intermediate_values=trial.intermediate_values,
+            )
+        )
+        return True
 
 
 def read_evaluations(run_dir: str | Path) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
@@ -527,19 +570,49 @@ def _sweep_trials(study: optuna.Study, states: tuple[TrialState, ...] | None = N
     return [t for t in study.get_trials(deepcopy=False, states=states) if INDEX in t.user_attrs]
 
 
+class _StopWhenLost(BaseCallback):
+    """Stop training, within one environment step of noticing, once the trial is not ours.
+
+    Another worker fails a trial whose heartbeat it has not seen change for ``grace``
+    seconds and queues a retry that resumes the same run directory; two processes must
+    never write there at once. The trial's state is read from the storage at most every
+    ``period`` seconds; once it is no longer RUNNING, :class:`_TrialLost` ends ``learn``
+    before any further checkpoint or evaluation is written.
+    """
+
+    def __init__(self, backend: BaseStorage, trial_id: int, period: float) -> None:
+        super().__init__()
+        self.backend, self.trial_id, self.period = backend, trial_id, period
+        self._next = time.monotonic() + period
+
+    def _on_step(self) -> bool:
+        if time.monotonic() >= self._next:
+            self._next = time.monotonic() + self.period
+            if self.backend.get_trial(self.trial_id).state != TrialState.RUNNING:
+                raise _TrialLost(f"trial {self.trial_id} was failed by another worker")
+        return True
+
+
 class Worker:
     """Takes queued trials of a sweep until none is queued or running, then returns.
 
-    Trials left RUNNING by a dead worker are failed and queued again once their heartbeat is
-    older than ``grace`` seconds (or all at once with ``recover``), carrying the run name so
-    that the retry resumes the run directory's latest checkpoint.
+    A trial is taken from the queue by a compare-and-set of its state (WAITING -> RUNNING),
+    so two workers never take the same one and an empty queue creates no trial. While it
+    runs, the worker beats: a counter in the trial's ``heartbeat`` attribute (journal) or
+    Optuna's heartbeat (database, timed by the database's clock). A journal trial whose
+    counter another worker has not seen change for ``grace`` seconds of that worker's own
+    monotonic clock is failed and queued again, so clocks of different machines never need
+    to agree; ``recover`` queues all running trials at once. The retry carries the run name,
+    so it resumes the run directory's latest checkpoint. A worker whose trial was failed this
+    way stops training within one step of noticing (:class:`_TrialLost`).
 
     :param storage: journal file path or PostgreSQL URL
     :param study_name: the study made by ``create``
     :param output: parent of the study's folder of run directories (``{output}/{study_name}/...``)
     :param heartbeat: seconds between heartbeats of the running trial (also the idle poll period)
     :param grace: seconds without a heartbeat after which a running trial counts as dead
-    :param max_retry: times one cell is queued again after its worker died
+    :param max_retry: times one cell is queued again after its worker died (hand-backs after
+        Ctrl-C or SIGTERM do not count)
     """
 
     def __init__(
@@ -553,13 +626,12 @@ class Worker:
         self.run_root = Path(output) / study_name
         self.heartbeat = heartbeat
         self.grace = grace
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", ExperimentalWarning)
-            self.retry_dead = RetryHeartbeatStaleTrialCallback(max_retry=max_retry)
-            # An interrupted worker hands its trial back however often that happens.
-            self.retry_interrupted = RetryHeartbeatStaleTrialCallback(max_retry=None)
+        self.requeue_dead = Requeue(death=True, max_deaths=max_retry)
+        self.hand_back = Requeue(death=False)
         self.tag = f"{socket.gethostname()}:{os.getpid()}"
         self.current: int | None = None
+        # Journal: the heartbeat counter last seen for each running trial, and when (monotonic).
+        self._beats: dict[int, tuple[Any, float]] = {}
 
     @contextlib.contextmanager
     def _requeue_lock(self) -> Iterator[None]:
@@ -575,16 +647,13 @@ class Worker:
         finally:
             lock.release()
 
-    def _fail_and_requeue(self, trial: FrozenTrial, retry: RetryHeartbeatStaleTrialCallback) -> bool:
+    def _fail_and_requeue(self, trial: FrozenTrial, requeue: Requeue) -> bool:
         try:
             failed = self.study.tell(trial.number, state=TrialState.FAIL)
         except (UpdateFinishedTrialError, ValueError):
             return False  # finished, or failed by another worker, meanwhile
-        if failed.state != TrialState.FAIL:
+        if failed.state != TrialState.FAIL or not requeue.add(self.study, failed):
             return False
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", ExperimentalWarning)
-            retry(self.study, failed)
         print(f"[{self.tag}] queued trial {trial.number} (cell {trial.user_attrs[INDEX]}) again", flush=True)
         return True
 
@@ -595,7 +664,7 @@ class Worker:
         """
         with self._requeue_lock():
             return sum(
-                self._fail_and_requeue(t, self.retry_dead)
+                self._fail_and_requeue(t, self.requeue_dead)
                 for t in _sweep_trials(self.study, (TrialState.RUNNING,))
             )
 
@@ -605,13 +674,29 @@ class Worker:
                 warnings.simplefilter("ignore", ExperimentalWarning)
                 optuna.storages.fail_stale_trials(self.study)
             return
-        now = time.time()
+        now = time.monotonic()
         with self._requeue_lock():
-            for trial in _sweep_trials(self.study, (TrialState.RUNNING,)):
-                # A retry inherits its predecessor's last heartbeat: its own start counts too.
-                started = trial.datetime_start.timestamp() if trial.datetime_start else 0.0
-                if now - max(float(trial.user_attrs.get(HEARTBEAT, 0.0)), started) > self.grace:
-                    self._fail_and_requeue(trial, self.retry_dead)
+            running = _sweep_trials(self.study, (TrialState.RUNNING,))
+            self._beats = {n: seen for n, seen in self._beats.items() if n in {t.number for t in running}}
+            for trial in running:
+                beat = trial.user_attrs.get(HEARTBEAT)
+                seen = self._beats.get(trial.number)
+                if seen is None or seen[0] != beat:
+                    self._beats[trial.number] = (beat, now)  # alive, or not watched long enough yet
+                elif now - seen[1] > self.grace:
+                    self._fail_and_requeue(trial, self.requeue_dead)
+
+    def _take(self) -> tuple[Trial, int] | None:
+        """Take a queued trial (WAITING -> RUNNING, compare-and-set): the trial and its storage id,
+        or None when none is left."""
+        for frozen in _sweep_trials(self.study, (TrialState.WAITING,)):
+            trial_id = self.backend.get_trial_id_from_study_id_trial_number(self.study_id, frozen.number)
+            try:
+                if self.backend.set_trial_state_values(trial_id, state=TrialState.RUNNING):
+                    return Trial(self.study, trial_id), trial_id
+            except UpdateFinishedTrialError:
+                continue  # another worker took it and finished it meanwhile
+        return None
 
     def run(self) -> int:
         """Take trials until the sweep is done: 0, or 130 when interrupted (its trial is queued again)."""
@@ -619,19 +704,11 @@ class Worker:
         try:
             while True:
                 self._requeue_dead()
-                states = [
-                    t.state for t in _sweep_trials(self.study, (TrialState.WAITING, TrialState.RUNNING))
-                ]
-                if TrialState.WAITING in states:
-                    try:
-                        self.study.optimize(self._objective, n_trials=1, catch=(Exception,))
-                    except UpdateFinishedTrialError:
-                        print(
-                            f"[{self.tag}] trial {self.current} was declared dead and queued again",
-                            flush=True,
-                        )
+                taken = self._take()
+                if taken is not None:
+                    self._run_trial(*taken)
                     self.current = None
-                elif states:
+                elif _sweep_trials(self.study, (TrialState.RUNNING,)):
                     time.sleep(self.heartbeat)  # others are running: wait in case one dies
                 else:
                     return 0
@@ -639,33 +716,47 @@ class Worker:
             self._hand_back()
             return 130
 
+    def _run_trial(self, trial: Trial, trial_id: int) -> None:
+        state, value = TrialState.FAIL, None
+        try:
+            value = self._objective(trial, trial_id)
+            state = TrialState.COMPLETE
+        except optuna.TrialPruned:
+            state = TrialState.PRUNED
+        except _TrialLost:
+            print(f"[{self.tag}] trial {trial.number} was declared dead and queued again", flush=True)
+            return
+        except Exception as error:  # the trial fails; the worker goes on with the next one
+            print(f"[{self.tag}] trial {trial.number} failed: {type(error).__name__}: {error}", flush=True)
+        try:
+            self.study.tell(trial, value, state=state)
+        except UpdateFinishedTrialError:
+            print(f"[{self.tag}] trial {trial.number} was declared dead and queued again", flush=True)
+
     def _hand_back(self) -> None:
         if self.current is None:
             return
         trial = self.study.get_trials(deepcopy=False)[self.current]
-        if trial.state == TrialState.FAIL:  # Optuna failed it on the way out of study.optimize
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", ExperimentalWarning)
-                self.retry_interrupted(self.study, trial)
-            print(f"[{self.tag}] interrupted: trial {trial.number} queued again", flush=True)
-        elif trial.state == TrialState.RUNNING:
+        if trial.state == TrialState.RUNNING:
             with self._requeue_lock():
-                self._fail_and_requeue(trial, self.retry_interrupted)
+                self._fail_and_requeue(trial, self.hand_back)
+                print(f"[{self.tag}] interrupted: trial {trial.number} queued again", flush=True)
 
     @contextlib.contextmanager
-    def _beating(self, trial: Trial) -> Iterator[None]:
-        if self.journal is None:  # Optuna's own heartbeat thread runs inside study.optimize
-            yield
-            return
-        trial_id = self.backend.get_trial_id_from_study_id_trial_number(self.study_id, trial.number)
+    def _beating(self, trial: Trial, trial_id: int) -> Iterator[None]:
         stop = threading.Event()
 
         def beat() -> None:
+            count = 0
             while True:
+                count += 1
                 try:
-                    self.backend.set_trial_user_attr(trial_id, HEARTBEAT, time.time())
+                    if self.journal is None:
+                        self.backend.record_heartbeat(trial_id)  # type: ignore[attr-defined]
+                    else:
+                        self.backend.set_trial_user_attr(trial_id, HEARTBEAT, count)
                 except UpdateFinishedTrialError:
-                    return  # declared dead by another worker; the main thread learns it at its next write
+                    return  # declared dead by another worker; _StopWhenLost stops the training
                 if stop.wait(self.heartbeat):
                     return
 
@@ -677,11 +768,9 @@ class Worker:
             stop.set()
             thread.join()
 
-    def _objective(self, trial: Trial) -> float:
+    def _objective(self, trial: Trial, trial_id: int) -> float:
         self.current = trial.number
         attrs = trial.user_attrs
-        if INDEX not in attrs:
-            raise _QueueEmpty(f"trial {trial.number} was not queued by `create`; the queue is empty")
         try:
             cell = attrs.get(CELL)
             if cell is None:  # a search trial's first attempt: sample now, from the trials done so far
@@ -708,13 +797,14 @@ class Worker:
                     raise optuna.TrialPruned(f"evaluation return {mean_return:.3g} at step {num_timesteps}")
                 return True
 
-            with self._beating(trial):
-                train(config, run_dir=run_dir, checkpoint=checkpoint, report=report)
+            lost = _StopWhenLost(self.backend, trial_id, self.heartbeat)
+            with self._beating(trial, trial_id):
+                train(config, run_dir=run_dir, checkpoint=checkpoint, report=report, callbacks=[lost])
             _, returns, successes = read_evaluations(run_dir)
             if successes is not None:
                 trial.set_user_attr(SUCCESS, float(successes[-1]))
             return float(returns[-1])
-        except optuna.TrialPruned:
+        except (optuna.TrialPruned, _TrialLost):
             raise
         except Exception as error:
             trial.set_user_attr(ERROR, f"{type(error).__name__}: {error}"[:1000])

@@ -11,7 +11,8 @@ events), ``checkpoints/rl_model_<steps>_steps.zip``, ``best_model.zip`` (best ev
 ``eval/evaluations.npz`` and ``final_model.zip``. Checkpoints are written when a rollout
 starts, i.e. after the previous update finished, so the step count in a checkpoint is work
 that has been trained on; resuming loads one and runs the remaining steps with
-``reset_num_timesteps=False`` into the same TensorBoard directory.
+``reset_num_timesteps=False`` into the same TensorBoard directory, reseeded with
+:func:`resume_seed` so that it does not replay the levels and action noise of step 0.
 """
 
 from __future__ import annotations
@@ -22,12 +23,14 @@ import dataclasses
 import difflib
 import importlib
 import inspect
-import re
+import os
 import time
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import yaml
 from gymnasium import spaces
 from sb3_contrib import RecurrentPPO
@@ -36,6 +39,7 @@ from stable_baselines3.common.logger import TensorBoardOutputFormat, configure
 from stable_baselines3.common.preprocessing import is_image_space, is_image_space_channels_first
 from stable_baselines3.common.utils import LinearSchedule
 from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv, VecTransposeImage
+from torch.utils.tensorboard import SummaryWriter
 
 from envs import check_env_id, env_family, make_env
 from rim_agents.callbacks import (
@@ -47,7 +51,9 @@ from rim_agents.callbacks import (
     RolloutCheckpointCallback,
     StopAfterSeconds,
     save_atomically,
+    sorted_checkpoints,
 )
+from rim_agents.extractors import MiniGridCNN
 from rim_agents.nn import RIM
 from rim_agents.ppo import RimPPO
 
@@ -66,7 +72,6 @@ HYPERPARAM_KEYS = ALGO_KEYS | {"policy", "n_timesteps", "n_envs", "env_kwargs"}
 _SCHEDULE_KEYS = ("learning_rate", "clip_range", "clip_range_vf")
 # policy_kwargs entries given as dotted import paths in YAML.
 _CLASS_KWARGS = ("features_extractor_class", "activation_fn", "optimizer_class")
-_CHECKPOINT_RE = re.compile(r"rl_model_(\d+)_steps\.zip$")
 
 
 @dataclasses.dataclass
@@ -86,6 +91,8 @@ class TrainConfig:
     :param eval_episodes: episodes per evaluation
     :param eval_deterministic: evaluate with the most likely action instead of sampling
     :param save_freq: checkpoint every this many environment steps; 0 keeps only the final model
+    :param keep_checkpoints: keep the newest this many checkpoints and delete older ones (the best
+        model is a file of its own and always kept); 0 keeps all
     :param device: torch device (``"auto"``, ``"cpu"``, ``"cuda"``...)
     :param max_seconds: stop learning after this much wall time (at a rollout start) even if
         ``n_timesteps`` is not reached; None for no limit
@@ -105,6 +112,7 @@ class TrainConfig:
     eval_episodes: int = 20
     eval_deterministic: bool = False
     save_freq: int = 50_000
+    keep_checkpoints: int = 5
     device: str = "auto"
     max_seconds: float | None = None
     progress_bar: bool = True
@@ -124,6 +132,11 @@ class TrainConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ValueError(f"{name}={value!r} must be a non-negative number of steps (0 disables)")
+        keep = self.keep_checkpoints
+        if isinstance(keep, bool) or not isinstance(keep, int) or keep < 0:
+            raise ValueError(
+                f"keep_checkpoints={keep!r} must be a non-negative number of checkpoints (0 keeps all)"
+            )
         if self.max_seconds is not None and not self.max_seconds > 0:
             raise ValueError(f"max_seconds={self.max_seconds!r} must be a positive number of seconds or None")
         _check_keys(self.hyperparams, "hyperparams")
@@ -282,6 +295,27 @@ def rim_hidden_size(rim_kwargs: dict[str, Any] | None) -> int:
     return int(num_units) * int(unit_size)
 
 
+def _check_pixels_reach_a_pixel_network(config: TrainConfig, policy_kwargs: dict[str, Any]) -> None:
+    """MiniGrid's ``observation: rgb`` gives 0-255 pixels; the family defaults (MiniGridCNN,
+    ``normalize_images: false``) are made for symbolic indices and would train on raw pixels."""
+    env_kwargs = config.hyperparams.get("env_kwargs") or {}
+    if env_kwargs.get("observation") != "rgb":
+        return
+    if policy_kwargs.get("features_extractor_class") is MiniGridCNN or not policy_kwargs.get(
+        "normalize_images", True
+    ):
+        raise ValueError(
+            "env_kwargs observation='rgb' gives 0-255 pixels, but the policy feeds them unscaled to "
+            f"{getattr(policy_kwargs.get('features_extractor_class'), '__name__', 'its extractor')} "
+            f"(normalize_images={policy_kwargs.get('normalize_images', True)}), which is made for "
+            "symbolic grids. Use a pixel network: -params "
+            "policy_kwargs.features_extractor_class:stable_baselines3.common.torch_layers.NatureCNN "
+            "policy_kwargs.normalize_images:True "
+            "(NatureCNN needs at least 36x36 pixels: env_kwargs.tile_size >= 6), "
+            "or keep observation 'symbolic'"
+        )
+
+
 def build_algorithm_kwargs(config: TrainConfig) -> tuple[type[RecurrentPPO], str, dict[str, Any]]:
     """Turn a configuration into the algorithm class, the policy name and RecurrentPPO keyword arguments.
 
@@ -303,6 +337,7 @@ def build_algorithm_kwargs(config: TrainConfig) -> tuple[type[RecurrentPPO], str
     for key in _CLASS_KWARGS:
         if isinstance(policy_kwargs.get(key), str):
             policy_kwargs[key] = _import_dotted(policy_kwargs[key])
+    _check_pixels_reach_a_pixel_network(config, policy_kwargs)
     algorithm: type[RecurrentPPO] = RimPPO
     if config.policy == "lstm":
         policy_name = policy_name.replace("Rim", "Lstm")
@@ -367,12 +402,8 @@ def latest_checkpoint(run_dir: str | Path) -> Path | None:
 
     :param run_dir: a run directory
     """
-    found = [
-        (int(m.group(1)), p)
-        for p in (Path(run_dir) / CHECKPOINT_DIR).glob("*.zip")
-        if (m := _CHECKPOINT_RE.search(p.name))
-    ]
-    return max(found)[1] if found else None
+    found = sorted_checkpoints(Path(run_dir) / CHECKPOINT_DIR)
+    return found[-1][1] if found else None
 
 
 def find_run(path: str | Path) -> tuple[Path, Path]:
@@ -416,8 +447,35 @@ def _save_config(config: TrainConfig, run_dir: Path) -> None:
         yaml.safe_dump(config.to_dict(), file, sort_keys=False)
 
 
+def _set_aside_later_checkpoints(folder: Path, num_timesteps: int) -> None:
+    """Move checkpoints past a resumed one into ``abandoned/``: a later resume must not pick a
+    checkpoint of the trajectory that this one replaces, and none is deleted."""
+    for steps, path in sorted_checkpoints(folder):
+        if steps > num_timesteps:
+            (folder / "abandoned").mkdir(exist_ok=True)
+            os.replace(path, folder / "abandoned" / path.name)
+
+
+def _check_zip(checkpoint: Path) -> None:
+    """A ValueError naming a checkpoint that is cut short or damaged, and the one to use instead."""
+    try:
+        with zipfile.ZipFile(checkpoint) as archive:
+            damaged = archive.testzip()
+        problem = None if damaged is None else f"{damaged} inside it fails its checksum"
+    except (zipfile.BadZipFile, EOFError, OSError) as error:
+        problem = str(error)
+    if problem is not None:
+        earlier = [p for _, p in sorted_checkpoints(checkpoint.parent) if p != checkpoint]
+        hint = f"resume from {earlier[-1]}" if earlier else "start the run afresh"
+        raise ValueError(
+            f"checkpoint {str(checkpoint)!r} cannot be read ({problem}); it was probably cut short: "
+            f"move it away and {hint}"
+        )
+
+
 def _load_checkpoint(config: TrainConfig, checkpoint: Path, env: VecEnv) -> RecurrentPPO:
     algorithm, policy_name, _ = build_algorithm_kwargs(config)
+    _check_zip(checkpoint)
     try:
         model = algorithm.load(checkpoint, env=env, device=config.device)
     except ValueError as error:  # SB3 reports observation/action space mismatches as ValueError
@@ -429,7 +487,23 @@ def _load_checkpoint(config: TrainConfig, checkpoint: Path, env: VecEnv) -> Recu
             f"checkpoint {str(checkpoint)!r} holds a {stored.__name__}, but the run's config asks for "
             f"{expected.__name__} (policy={config.policy!r})"
         )
+    # SB3's load reseeds everything with the run's seed, which would replay step 0's levels and
+    # action noise at every resume; a seed drawn from (seed, steps) continues on fresh ones.
+    model.seed = resume_seed(config.seed, model.num_timesteps)
+    model.set_random_seed(model.seed)
     return model
+
+
+def resume_seed(seed: int, num_timesteps: int) -> int:
+    """The seed a run resumed at ``num_timesteps`` continues with: the same for every resume
+    from the same checkpoint, different from ``seed`` and from every other step's.
+
+    :param seed: the run's seed
+    :param num_timesteps: steps of the checkpoint it resumes from
+    """
+    if num_timesteps == 0:
+        return seed
+    return int(np.random.SeedSequence([seed, num_timesteps]).generate_state(1)[0]) % 2**31
 
 
 def _log_hyperparameters(model: RecurrentPPO, config: TrainConfig) -> None:
@@ -456,6 +530,7 @@ def train(
     checkpoint: str | Path | None = None,
     report: ReportFn | None = None,
     on_run_dir: Callable[[Path], None] | None = None,
+    callbacks: list[BaseCallback] | None = None,
 ) -> Path:
     """Train (or continue training) a RecurrentPPO agent and return its run directory.
 
@@ -466,6 +541,7 @@ def train(
     :param report: called after each evaluation as ``report(num_timesteps, mean_return, success_rate)``;
         returning False stops training early (a sweep's pruning; an exception it raises propagates)
     :param on_run_dir: called with the run directory before training starts (e.g. to print it)
+    :param callbacks: more SB3 callbacks, run after the training core's own
     :return: the run directory, holding ``final_model.zip``
     """
     if checkpoint is not None and run_dir is None:
@@ -495,21 +571,28 @@ def train(
         _save_config(config, run_dir)
         if on_run_dir is not None:
             on_run_dir(run_dir)
+        if checkpoint is not None:
+            # TensorBoard drops what a run logged past this step before it was resumed from here:
+            # the curves show one trajectory.
+            SummaryWriter(str(run_dir / "tb"), purge_step=model.num_timesteps).close()
+            _set_aside_later_checkpoints(run_dir / CHECKPOINT_DIR, model.num_timesteps)
         formats = ["tensorboard", "stdout"] if config.verbose else ["tensorboard"]
         model.set_logger(configure(str(run_dir / "tb"), formats))
         if checkpoint is None:
             _log_hyperparameters(model, config)
 
-        checkpointer = RolloutCheckpointCallback(run_dir / CHECKPOINT_DIR, config.save_freq)
+        checkpointer = RolloutCheckpointCallback(
+            run_dir / CHECKPOINT_DIR, config.save_freq, keep=config.keep_checkpoints
+        )
         # First: a model with NaN or infinite values must stop training before anything saves it.
         guard = NonFiniteGuard(lambda: latest_checkpoint(run_dir))
-        callbacks: list[BaseCallback] = [guard]
+        chain: list[BaseCallback] = [guard]
         if isinstance(model.policy.lstm_actor, RIM):
-            # First in the list: evaluation runs the same RIM on other envs and overwrites last_active.
-            callbacks.append(RimDiagnosticsCallback())
-        callbacks.append(checkpointer)
+            # Before evaluation, which runs the same RIM on other envs and overwrites last_active.
+            chain.append(RimDiagnosticsCallback())
+        chain.append(checkpointer)
         if eval_env is not None:
-            callbacks.append(
+            chain.append(
                 ReportingEvalCallback(
                     eval_env,
                     run_dir=run_dir,
@@ -521,19 +604,23 @@ def train(
                 )
             )
         if config.max_seconds is not None:
-            callbacks.append(StopAfterSeconds(config.max_seconds))
+            chain.append(StopAfterSeconds(config.max_seconds))
+        chain.extend(callbacks or [])
         remaining = config.n_timesteps - model.num_timesteps
         if remaining > 0:
             try:
                 model.learn(
                     remaining,
-                    callback=CallbackList(callbacks),
+                    callback=CallbackList(chain),
                     reset_num_timesteps=False,
                     progress_bar=config.progress_bar,
                 )
             except KeyboardInterrupt:
                 path = checkpointer.save_interrupted()
-                print(f"\ninterrupted: saved {path}\nresume with: --resume {path}", flush=True)
+                if path is None:
+                    print("\ninterrupted before training started: nothing new to save", flush=True)
+                else:
+                    print(f"\ninterrupted: saved {path}\nresume with: --resume {path}", flush=True)
                 raise
             except NonFiniteError:
                 raise

@@ -96,6 +96,14 @@ def test_training_episode_ends_at_a_lost_life_evaluation_plays_the_whole_game():
     assert eval_done and eval_lives[-1] == 0 and len(eval_lives) > len(train_lives)
 
 
+def test_evaluation_game_ends_for_an_agent_that_never_fires():
+    # Breakout relaunches the ball only on FIRE; a deterministic agent may never choose it.
+    # Without FIRE after each lost life the game would run to ALE's 27,000-step limit.
+    rewards, lives, done = play("BreakoutNoFrameskip-v4", True, np.zeros(3000, dtype=int))
+    assert done and lives[-1] == 0
+    assert len(rewards) < 3000
+
+
 def test_evaluation_monitor_counts_agent_steps_of_a_capped_game():
     env = make_vec_env(
         make_config(GAME, overrides={"env_kwargs.max_episode_steps": 25}), 1, 0, evaluation=True

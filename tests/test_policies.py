@@ -195,6 +195,24 @@ def test_conflicting_options_raise_value_error(policy_kwargs: dict[str, Any], me
         _policy(**policy_kwargs)
 
 
+@pytest.mark.parametrize(
+    "policy_kwargs",
+    [
+        dict(shared_lstm=True),
+        dict(shared_lstm=True, enable_critic_lstm=False, share_features_extractor=False),
+    ],
+    ids=["critic-rim", "separate-extractors"],
+)
+def test_shared_rim_conflicts_are_caught_as_sb3_contrib_reports_them(policy_kwargs: dict[str, Any]) -> None:
+    # sb3-contrib's LSTM policy asserts these; code that catches its AssertionError keeps working.
+    with pytest.raises(AssertionError):
+        _policy(**policy_kwargs)
+    with pytest.raises(AssertionError):
+        RecurrentActorCriticPolicy(
+            spaces.Box(-1, 1, (5,)), spaces.Discrete(2), _constant_lr, lstm_hidden_size=8, **policy_kwargs
+        )
+
+
 def test_rollout_masks_are_readable_from_callbacks() -> None:
     class RecordMasks(BaseCallback):
         def __init__(self) -> None:

@@ -6,12 +6,14 @@ import importlib.util
 import json
 import os
 import pwd
+import re
 import shutil
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -352,3 +354,92 @@ def test_grid_studies_are_never_pruned(tmp_path):
     create_grid(storage, "grid", write_grid(tmp_path))
     worker = Worker(storage, "grid", tmp_path, heartbeat=1, grace=2, max_retry=3)
     assert isinstance(worker.study.pruner, optuna.pruners.NopPruner)
+
+
+def one_cell_study(tmp_path, name, steps, **fields):
+    """A journal study with one tiny RIM cell (extra grid fields replace the tiny ones)."""
+    grid = write_grid(tmp_path, steps=steps).read_text().replace("seed: [0, 1]", "seed: 0")
+    grid = grid.replace("policy: [rim, lstm]", "policy: rim")
+    for key, value in fields.items():
+        grid = re.sub(rf"^{key}: .*$", f"{key}: {value}", grid, flags=re.M)
+    (tmp_path / f"{name}.yaml").write_text(grid)
+    storage = str(tmp_path / "sweeps.log")
+    assert create_grid(storage, name, tmp_path / f"{name}.yaml") == 1
+    return storage
+
+
+def test_a_worker_whose_trial_was_declared_dead_stops_training_at_once(tmp_path):
+    storage, output = one_cell_study(tmp_path, "lost", 100_000, eval_freq=50_000), tmp_path / "runs"
+    worker = Worker(storage, "lost", output, heartbeat=1, grace=600, max_retry=3)
+    thread = threading.Thread(target=worker.run, daemon=True)
+    thread.start()
+    checkpoints = output / "lost" / "0000__MiniGrid-MemoryS7-v0__rim__0" / "checkpoints"
+    deadline = time.monotonic() + 60
+    while not list(checkpoints.glob("*.zip")) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    study = load(storage, "lost")
+    study.tell(0, state=TrialState.FAIL)  # what another worker does to a trial it thinks dead
+    declared = time.monotonic()
+    thread.join(timeout=30)
+    # Without the stop it would train to the next evaluation, 50,000 steps away (minutes).
+    assert not thread.is_alive() and time.monotonic() - declared < 15
+    saved = max(int(p.stem.split("_")[2]) for p in checkpoints.glob("*.zip"))
+    assert saved < 100_000 and not (checkpoints.parent / "final_model.zip").exists()
+
+
+def test_hand_backs_do_not_spend_the_retry_budget_of_deaths(tmp_path):
+    storage = one_cell_study(tmp_path, "budget", 64)
+    worker = Worker(storage, "budget", tmp_path / "runs", heartbeat=1, grace=600, max_retry=1)
+    study = load(storage, "budget")
+
+    def fail_and_requeue(requeue):
+        trial, _ = worker._take()  # the queued copy starts running...
+        study.tell(trial.number, state=TrialState.FAIL)  # ...and stops: interrupted or dead
+        return requeue.add(study, study.trials[trial.number])
+
+    assert all(fail_and_requeue(worker.hand_back) for _ in range(4))  # four Ctrl-Cs
+    assert fail_and_requeue(worker.requeue_dead)  # the first death still has its retry
+    assert not fail_and_requeue(worker.requeue_dead)  # the second is over max_retry=1
+    retries = study.trials[1:]
+    assert [t.user_attrs["deaths"] for t in retries] == [0, 0, 0, 0, 1]
+    assert all(t.user_attrs[INDEX] == 0 and t.system_attrs["failed_trial"] == 0 for t in retries)
+
+
+def test_dead_workers_are_found_by_heartbeat_changes_not_by_comparing_clocks(tmp_path):
+    storage = one_cell_study(tmp_path, "clocks", 64)
+    runner = Worker(storage, "clocks", tmp_path / "runs", heartbeat=1, grace=1, max_retry=3)
+    watcher = Worker(storage, "clocks", tmp_path / "runs", heartbeat=1, grace=1, max_retry=3)
+    _, trial_id = runner._take()
+    # The runner's beats are counts: its clock (skewed or not) never enters the comparison.
+    runner.backend.set_trial_user_attr(trial_id, "heartbeat", 1)
+    watcher._requeue_dead()  # first sight: watched from now on
+    time.sleep(1.3)
+    runner.backend.set_trial_user_attr(trial_id, "heartbeat", 2)
+    watcher._requeue_dead()  # the count moved: alive, though more than grace has passed
+    assert [t.state for t in load(storage, "clocks").trials] == [TrialState.RUNNING]
+    time.sleep(1.3)
+    watcher._requeue_dead()  # no beat for longer than grace on the watcher's own clock
+    assert [t.state for t in load(storage, "clocks").trials] == [TrialState.FAIL, TrialState.WAITING]
+
+
+def test_an_empty_queue_creates_no_trial(tmp_path):
+    storage = one_cell_study(tmp_path, "empty", 64)
+    first = Worker(storage, "empty", tmp_path / "runs", heartbeat=1, grace=600, max_retry=3)
+    second = Worker(storage, "empty", tmp_path / "runs", heartbeat=1, grace=600, max_retry=3)
+    assert first._take() is not None
+    assert second._take() is None  # the other worker took the last queued trial
+    assert len(load(storage, "empty").trials) == 1
+
+
+def test_a_pruned_search_trial_stops_training_at_its_evaluation(tmp_path, monkeypatch):
+    monkeypatch.setattr(optuna.trial.Trial, "should_prune", lambda self: True)
+    storage = one_cell_study(tmp_path, "pruned", 256, eval_freq=64)
+    output = tmp_path / "runs"
+    assert work(storage, "pruned", output, heartbeat=1, grace=600) == 0
+    (trial,) = load(storage, "pruned").trials
+    assert trial.state == TrialState.PRUNED and trial.intermediate_values == {
+        64: trial.intermediate_values[64]
+    }
+    run_dir = output / "pruned" / trial.user_attrs[RUN_NAME]
+    assert not (run_dir / "final_model.zip").exists()
+    assert max(int(p.stem.split("_")[2]) for p in (run_dir / "checkpoints").glob("*.zip")) <= 64

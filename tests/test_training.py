@@ -1,19 +1,22 @@
 """Training core and scripts/train_minigrid.py: run directory, resume, interrupts, diagnostics, bad config."""
 
 import importlib.util
+import json
 import os
 import re
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
 from sb3_contrib import RecurrentPPO
+from stable_baselines3.common.vec_env import DummyVecEnv
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from rim_agents.callbacks import NonFiniteError
+from rim_agents.callbacks import NonFiniteError, usage_entropy
 from rim_agents.nn import RIM
 from rim_agents.ppo import RimPPO
 from rim_agents.training import (
@@ -23,6 +26,7 @@ from rim_agents.training import (
     load_hyperparams,
     make_config,
     parse_overrides,
+    resume_seed,
     train,
 )
 
@@ -221,9 +225,36 @@ def test_report_returning_false_stops_training_early(tmp_path):
         seen.append((num_timesteps, success_rate))
         return False
 
-    run_dir = train(tiny_config(tmp_path, n_timesteps=256, eval_freq=32, eval_episodes=1), report=prune)
-    assert seen == [(32, seen[0][1])] and seen[0][1] in (0.0, 1.0)
-    assert RecurrentPPO.load(run_dir / "final_model.zip").num_timesteps == 32
+    run_dir = train(tiny_config(tmp_path, n_timesteps=256, eval_freq=48, eval_episodes=1), report=prune)
+    assert seen == [(48, seen[0][1])] and seen[0][1] in (0.0, 1.0)
+    # Stopped at step 48, inside the second rollout: only the first 32 steps were trained on,
+    # and neither the final model nor the last checkpoint claims more.
+    final = RecurrentPPO.load(run_dir / "final_model.zip")
+    assert final.num_timesteps == 32 and final._n_updates == 1
+    checkpoints = sorted(p.name for p in (run_dir / "checkpoints").iterdir())
+    assert checkpoints == ["rl_model_32_steps.zip"]
+
+
+def test_a_stop_at_the_first_evaluation_claims_no_steps(tmp_path):
+    # The first rollout's last step (32) is evaluated and stops training before its update.
+    run_dir = train(
+        tiny_config(tmp_path, n_timesteps=256, eval_freq=32, eval_episodes=1), report=lambda *_: False
+    )
+    final = RecurrentPPO.load(run_dir / "final_model.zip")
+    assert final.num_timesteps == 0 and final._n_updates == 0
+    assert not (run_dir / "checkpoints").exists() or not any((run_dir / "checkpoints").iterdir())
+
+
+def test_interrupt_during_the_first_reset_stays_an_interrupt(tmp_path, monkeypatch, capsys):
+    def interrupted_reset(self):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(DummyVecEnv, "reset", interrupted_reset)
+    with pytest.raises(KeyboardInterrupt):
+        train(tiny_config(tmp_path))
+    assert "interrupted before training started: nothing new to save" in capsys.readouterr().out
+    (run_dir,) = tmp_path.iterdir()
+    assert not (run_dir / "checkpoints").exists()
 
 
 def test_resume_errors_name_the_problem(tmp_path):
@@ -298,3 +329,116 @@ def test_nan_logits_during_a_rollout_are_named_with_their_step(tmp_path, monkeyp
         train(tiny_config(tmp_path, n_timesteps=160, save_freq=32))
     assert "rl_model_32_steps.zip" in str(raised.value)
     assert isinstance(raised.value.__cause__, ValueError)
+
+
+def test_usage_entropy_is_zero_for_a_fixed_active_set_and_one_for_equal_use():
+    # 4 units, top_k 2, 100 steps: the same two units always, then every unit equally often.
+    assert usage_entropy(np.array([[100.0, 100.0, 0.0, 0.0]]), top_k=2) == pytest.approx(0.0)
+    assert usage_entropy(np.array([[50.0, 50.0, 50.0, 50.0]]), top_k=2) == pytest.approx(1.0)
+    between = usage_entropy(np.array([[100.0, 50.0, 50.0, 0.0]]), top_k=2)
+    assert 0.0 < between < 1.0
+    # Layers are averaged: one fixed layer and one even layer give one half.
+    assert usage_entropy(np.array([[100.0, 100.0, 0.0, 0.0], [50.0] * 4]), top_k=2) == pytest.approx(0.5)
+
+
+def test_rgb_minigrid_with_the_symbolic_defaults_is_refused_and_a_pixel_network_trains(tmp_path):
+    config = tiny_config(tmp_path, n_timesteps=32, save_freq=0)
+    config.hyperparams["env_kwargs"] = {"observation": "rgb", "tile_size": 6}
+    with pytest.raises(ValueError, match=r"observation='rgb' gives 0-255 pixels.*MiniGridCNN.*NatureCNN"):
+        build_algorithm_kwargs(config)
+    pixels = parse_overrides(
+        [
+            "policy_kwargs.features_extractor_class:stable_baselines3.common.torch_layers.NatureCNN",
+            "policy_kwargs.normalize_images:True",
+            "env_kwargs.observation:rgb",
+            "env_kwargs.tile_size:6",
+        ]
+    )
+    options = dict(n_timesteps=32, n_envs=2, eval_freq=0, save_freq=0, progress_bar=False, device="cpu")
+    config = make_config(ENV, overrides={**TINY, **pixels}, log_folder=str(tmp_path), **options)
+    model = RecurrentPPO.load(train(config) / "final_model.zip")
+    assert model.observation_space.shape == (3, 42, 42)
+
+
+def test_resume_reseeds_from_seed_and_steps_and_stays_deterministic(tmp_path, monkeypatch):
+    seeds = []
+    original_seed = DummyVecEnv.seed
+
+    def spy(self, seed=None):
+        seeds.append(seed)
+        return original_seed(self, seed)
+
+    monkeypatch.setattr(DummyVecEnv, "seed", spy)
+    run_dir = train(tiny_config(tmp_path, n_timesteps=64, save_freq=32))
+    checkpoint = run_dir / "checkpoints" / "rl_model_32_steps.zip"
+    assert resume_seed(0, 32) not in (0, resume_seed(0, 64), resume_seed(1, 32))
+
+    finals = []
+    for attempt in range(2):
+        seeds.clear()
+        resumed = train(tiny_config(tmp_path / str(attempt), n_timesteps=64), checkpoint=checkpoint)
+        # The environments continue on new levels, not step 0's (seed 0) once more.
+        assert seeds[-1] == resume_seed(0, 32)
+        finals.append(RecurrentPPO.load(resumed / "final_model.zip").policy.state_dict())
+    for name, value in finals[0].items():
+        assert torch.equal(value, finals[1][name]), name  # two resumes from one checkpoint agree bit for bit
+
+
+def _eval_history(run_dir):
+    with np.load(run_dir / "eval" / "evaluations.npz") as data:
+        return data["timesteps"].tolist()
+
+
+def test_resume_from_an_earlier_checkpoint_keeps_one_trajectory_of_evaluations(tmp_path):
+    # Evaluations every 48 steps, checkpoints every 32; the run goes to 160, then restarts at 64.
+    run_dir = train(tiny_config(tmp_path, n_timesteps=160, eval_freq=48, eval_episodes=1, save_freq=32))
+    assert _eval_history(run_dir) == [48, 96, 144]
+    # A best model found past the checkpoint belongs to the abandoned trajectory.
+    (run_dir / "best_model.json").write_text(json.dumps({"num_timesteps": 144, "mean_return": 0.5}))
+    config = tiny_config(tmp_path, n_timesteps=160, eval_freq=48, eval_episodes=1, save_freq=32)
+    train(config, checkpoint=run_dir / "checkpoints" / "rl_model_64_steps.zip")
+
+    assert _eval_history(run_dir) == [48, 96, 144]  # 96 and 144 again, on the same grid, once each
+    abandoned = sorted(p.name for p in (run_dir / "checkpoints" / "abandoned").iterdir())
+    assert abandoned == ["rl_model_128_steps.zip", "rl_model_160_steps.zip", "rl_model_96_steps.zip"]
+    assert json.loads((run_dir / "abandoned_best_model.json").read_text())["num_timesteps"] == 144
+    if (run_dir / "best_model.json").is_file():
+        assert json.loads((run_dir / "best_model.json").read_text())["num_timesteps"] <= 160
+    events = EventAccumulator(str(run_dir / "tb"))
+    events.Reload()
+    steps = [event.step for event in events.Scalars("eval/mean_reward")]
+    assert steps == [48, 96, 144]  # TensorBoard purged the abandoned evaluations too
+
+
+@pytest.mark.parametrize("name", ["eval/evaluations.npz", "best_model.json"])
+def test_a_truncated_history_file_is_named_at_resume(tmp_path, name):
+    run_dir = train(tiny_config(tmp_path, n_timesteps=64, eval_freq=32, eval_episodes=1, save_freq=32))
+    damaged = run_dir / name
+    damaged.write_bytes(damaged.read_bytes()[: len(damaged.read_bytes()) // 2])
+    config = tiny_config(tmp_path, n_timesteps=96, eval_freq=32, eval_episodes=1, save_freq=32)
+    with pytest.raises(ValueError, match=rf"{re.escape(str(damaged))} cannot be read .* move it"):
+        train(config, run_dir=run_dir)
+
+
+def test_a_truncated_checkpoint_is_named_with_the_one_to_resume_from(tmp_path):
+    run_dir = train(tiny_config(tmp_path, n_timesteps=96, save_freq=32))
+    latest = run_dir / "checkpoints" / "rl_model_96_steps.zip"
+    latest.write_bytes(latest.read_bytes()[:1000])
+    with pytest.raises(
+        ValueError, match=r"rl_model_96_steps.zip.* cannot be read .* resume from .*rl_model_64"
+    ):
+        train(tiny_config(tmp_path, n_timesteps=128), run_dir=run_dir)
+
+
+def test_only_the_newest_checkpoints_are_kept_and_resume_finds_the_newest(tmp_path):
+    run_dir = train(tiny_config(tmp_path, n_timesteps=192, save_freq=32, keep_checkpoints=2))
+    kept = sorted(p.name for p in (run_dir / "checkpoints").iterdir())
+    assert kept == ["rl_model_160_steps.zip", "rl_model_192_steps.zip"]
+    assert find_run(run_dir)[1].name == "rl_model_192_steps.zip"
+    resumed = train(tiny_config(tmp_path, n_timesteps=256, save_freq=32, keep_checkpoints=2), run_dir=run_dir)
+    assert sorted(p.name for p in (resumed / "checkpoints").iterdir()) == [
+        "rl_model_224_steps.zip",
+        "rl_model_256_steps.zip",
+    ]
+    with pytest.raises(ValueError, match="keep_checkpoints=-1 must be a non-negative number of checkpoints"):
+        tiny_config(tmp_path, keep_checkpoints=-1)
