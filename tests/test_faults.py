@@ -13,21 +13,10 @@ import torch
 from sb3_contrib import RecurrentPPO
 
 from rim_agents.callbacks import sorted_checkpoints
-from rim_agents.training import make_config, parse_overrides, train
+from rim_agents.training import make_config, train
+from tests.test_training import ENV, TINY
 
-ENV = "MiniGrid-MemoryS7-v0"
-ROLLOUT = 32  # 2 envs x 16 steps; one epoch of one minibatch: one gradient step per rollout
-TINY = parse_overrides(
-    [
-        "n_steps:16",
-        "batch_size:32",
-        "n_epochs:1",
-        "env_kwargs.max_steps:20",
-        "policy_kwargs.net_arch:[8]",
-        "policy_kwargs.features_extractor_kwargs:{'features_dim':8}",
-        "policy_kwargs.rim_kwargs:{'num_units':3,'unit_size':4,'top_k':2}",
-    ]
-)
+ROLLOUT = 32  # TINY: 2 envs x 16 steps; one epoch of one minibatch: one gradient step per rollout
 RUNS, STEPS, EVAL_EVERY = 20, 256, 48
 
 
