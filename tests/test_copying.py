@@ -277,15 +277,17 @@ def test_script_prints_a_markdown_table_and_writes_results(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_rim_learns_to_copy_after_a_short_gap(tmp_path):
-    """The default configuration (gap 5, 1600 updates with a cosine schedule, one thread), run
-    through the same ``train_copying`` as the command line: the recall cross-entropy falls from
-    ln 8 = 2.08 (digits unknown) to near zero. Measured here: 0.056 and 98 % of the digits, in
-    454 s on an idle machine (534 s beside two other runs). Gap 20 is printed, not asserted: whether a run
-    also copies at 4x the training gap depends on the seed (docs/copying.md)."""
+    """The default configuration (gap 5, 1600 updates with a cosine schedule, one thread, the
+    gated communication read), run through the same ``train_copying`` as the command line: the
+    recall cross-entropy falls from ln 8 = 2.08 (digits unknown) to 0.29, 89 % of the digits
+    (seed 0, measured 2026-11-30; with the paper's linear read it was 0.056 and 98 %, see
+    docs/bounded_states.md). Gap 20 is printed, not asserted: whether a run also copies at 4x
+    the training gap depends on the seed (docs/copying.md)."""
     config = CopyingConfig(test_lengths=(5, 20))
     assert (config.train_length, config.unit_size, config.top_k, config.num_threads) == (5, 64, 4, 1)
+    assert config.comm_read == "gated"
     results = train_copying(config, tmp_path, progress=False)
     train_gap, long_gap = results["results"]["5"], results["results"]["20"]
     print(f"gap 5: {train_gap}\ngap 20: {long_gap}\n{results['wall_time_s']:.0f} s")
-    assert train_gap["ce"] < 0.1
-    assert train_gap["digit_acc"] > 0.95
+    assert train_gap["ce"] < 0.4
+    assert train_gap["digit_acc"] > 0.85
