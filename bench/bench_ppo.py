@@ -1,9 +1,11 @@
-"""RecurrentPPO training throughput: RIM policy vs the LSTM policy of the same total hidden size.
+"""Training throughput: RIM policy vs the LSTM policy of the same total hidden size vs memoryless PPO.
 
-Both policies train on the same environment with the same YAML hyperparameters (the
-training core's ``make_config``), in this process, interleaved repeat by repeat so that
-load from other processes hits both alike. Reports env steps per second of ``learn()``
-(rollouts and updates) as the median over repeats, and the ratio RIM / LSTM.
+The three policies (``--policy rim``, ``lstm`` and ``ppo`` of the training core: SB3's PPO with
+the same features extractor, heads and hyperparameters) train on the same environment with
+the same YAML block (the training core's ``make_config``), in this process, interleaved repeat
+by repeat so that load from other processes hits them alike. Reports env steps per second of
+``learn()`` (rollouts and updates) as the median over repeats, and the ratios RIM / LSTM and
+RIM / memoryless PPO.
 
     python bench/bench_ppo.py                                  # MiniGrid-MemoryS7-v0, 3 x 4096 steps
     python bench/bench_ppo.py --steps 8192 --repeats 5 -params n_epochs:2
@@ -63,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     th.set_num_threads(args.threads)
     overrides = parse_overrides(args.hyperparams)
-    results: dict[str, list[tuple[float, float]]] = {"rim": [], "lstm": []}
+    results: dict[str, list[tuple[float, float]]] = {"rim": [], "lstm": [], "ppo": []}
     for repeat in range(args.repeats):
         for policy in results:
             sps, seconds = steps_per_second(args.env, policy, args.steps, overrides, args.device)
@@ -75,12 +77,13 @@ def main(argv: list[str] | None = None) -> int:
     config = make_config(args.env, overrides=overrides)
     rim_kwargs = config.hyperparams.get("policy_kwargs", {}).get("rim_kwargs", {})
     setting = f"{args.threads} torch thread(s), {args.device}"
-    print(f"\n{args.env}, RIM {rim_kwargs} vs LSTM of the same hidden size, {setting}")
+    print(f"\n{args.env}, RIM {rim_kwargs} vs LSTM of the same hidden size vs memoryless PPO, {setting}")
     median = {policy: statistics.median(sps for sps, _ in runs) for policy, runs in results.items()}
     for policy, runs in results.items():
         wall = statistics.median(seconds for _, seconds in runs)
         print(f"{policy:4s}: median {median[policy]:7.1f} env steps/s, learn() {wall:.1f} s per {args.steps}")
     print(f"ratio RIM / LSTM: {median['rim'] / median['lstm']:.2f}x")
+    print(f"ratio RIM / memoryless PPO: {median['rim'] / median['ppo']:.2f}x")
     print("command: python bench/bench_ppo.py " + shlex.join(sys.argv[1:] if argv is None else argv))
     return 0
 

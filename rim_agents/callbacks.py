@@ -493,7 +493,9 @@ class NonFiniteGuard(BaseCallback):
         self._in_rollout = False
 
     def _on_step(self) -> bool:
-        states: RNNStates = self.locals["lstm_states"]
+        states: RNNStates | None = self.locals.get("lstm_states")  # None for memoryless PPO
+        if states is None:
+            return True
         if not th.cat([state.flatten() for side in states for state in side]).isfinite().all():
             raise self._error(["rollout state (h or c)"], "during the rollout")
         return True

@@ -34,7 +34,10 @@ def build_train_parser(description: str, default_env: str, env_help: str) -> arg
     )
     parser.add_argument("--env", default=None, help=f"{env_help} (default {default_env})")
     parser.add_argument(
-        "--policy", choices=POLICIES, default=None, help="rim, or lstm: same total hidden size"
+        "--policy",
+        choices=POLICIES,
+        default=None,
+        help="rim; lstm: same total hidden size; ppo: memoryless, same extractor and heads",
     )
     parser.add_argument("-n", "--n-timesteps", type=int, default=None, help="total environment steps")
     parser.add_argument("--seed", type=int, default=None, help="random seed (default 0)")

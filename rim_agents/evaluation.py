@@ -17,6 +17,10 @@ from typing import Any
 
 import numpy as np
 from sb3_contrib import RecurrentPPO
+from sb3_contrib.common.recurrent.policies import RecurrentActorCriticPolicy
+from stable_baselines3 import PPO
+from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
+from stable_baselines3.common.save_util import load_from_zip_file
 from stable_baselines3.common.vec_env import VecEnv
 
 import rim_agents.policies  # noqa: F401  (the RIM policy classes must be importable for load)
@@ -39,8 +43,9 @@ def find_config(model_path: str | Path) -> TrainConfig | None:
     return None
 
 
-def load_agent(model_path: str | Path, device: str = "auto") -> tuple[RecurrentPPO, TrainConfig | None]:
-    """Load a saved RecurrentPPO agent (RIM or LSTM policy) and its run configuration if there is one.
+def load_agent(model_path: str | Path, device: str = "auto") -> tuple[OnPolicyAlgorithm, TrainConfig | None]:
+    """Load a saved agent (RecurrentPPO with a RIM or LSTM policy, or memoryless PPO) and its run
+    configuration if there is one. The algorithm is read from the saved policy class.
 
     :param model_path: path to the ``.zip``
     :param device: torch device
@@ -48,7 +53,12 @@ def load_agent(model_path: str | Path, device: str = "auto") -> tuple[RecurrentP
     path = Path(model_path)
     if not path.is_file():
         raise ValueError(f"model {str(path)!r} does not exist")
-    return RecurrentPPO.load(path, device=device), find_config(path)
+    data, _, _ = load_from_zip_file(path, load_data=True, device="cpu")
+    if data is None or not isinstance(data.get("policy_class"), type):
+        raise ValueError(f"{str(path)!r} holds no Stable-Baselines3 model (no policy class in its data)")
+    recurrent = issubclass(data["policy_class"], RecurrentActorCriticPolicy)
+    algorithm: type[OnPolicyAlgorithm] = RecurrentPPO if recurrent else PPO
+    return algorithm.load(path, device=device), find_config(path)
 
 
 def _evaluation_env(env_id: str, env_kwargs: dict[str, Any], seed: int, render: bool) -> VecEnv:
@@ -158,11 +168,12 @@ def evaluate(
     :return: mean_return, std_return, mean_length, success_rate, per-episode lists and the settings
     """
     model, config = load_agent(model_path, device)
-    core = model.policy.lstm_actor
+    core = getattr(model.policy, "lstm_actor", None)
     if activations_path is not None and not isinstance(core, RIM):
         raise ValueError(
             f"--activations needs a RIM policy; {str(model_path)!r} holds a {type(model.policy).__name__} "
-            f"whose recurrent core is a {type(core).__name__}, which has no units"
+            f"whose recurrent core is {'a ' + type(core).__name__ if core is not None else 'missing'}, "
+            "which has no units"
         )
     if env_id is None:
         if config is None:

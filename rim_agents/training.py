@@ -1,4 +1,4 @@
-"""Training core: RecurrentPPO with a RIM (or the LSTM baseline) from per-environment YAML defaults.
+"""Training core: RecurrentPPO with a RIM, the LSTM baseline or memoryless PPO, from per-environment YAML.
 
 One entry point for the command-line scripts and for sweep workers::
 
@@ -34,8 +34,10 @@ import numpy as np
 import yaml
 from gymnasium import spaces
 from sb3_contrib import RecurrentPPO
+from stable_baselines3 import PPO
 from stable_baselines3.common.callbacks import BaseCallback, CallbackList
 from stable_baselines3.common.logger import TensorBoardOutputFormat, configure
+from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
 from stable_baselines3.common.preprocessing import is_image_space, is_image_space_channels_first
 from stable_baselines3.common.utils import LinearSchedule
 from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv, VecTransposeImage
@@ -58,7 +60,16 @@ from rim_agents.nn import RIM
 from rim_agents.ppo import RimPPO
 
 HYPERPARAMS_FILE = Path(__file__).parent / "hyperparams" / "ppo_rim.yml"
-POLICIES = ("rim", "lstm")
+POLICIES = ("rim", "lstm", "ppo")
+# policy_kwargs that only a recurrent policy takes; memoryless PPO drops them.
+_RECURRENT_POLICY_KWARGS = (
+    "rim_kwargs",
+    "lstm_hidden_size",
+    "n_lstm_layers",
+    "shared_lstm",
+    "enable_critic_lstm",
+    "lstm_kwargs",
+)
 VEC_ENVS = ("dummy", "subproc")
 CONFIG_FILE = "config.yaml"
 CHECKPOINT_DIR = "checkpoints"
@@ -79,7 +90,8 @@ class TrainConfig:
     """Everything a run needs; written to ``config.yaml`` in the run directory.
 
     :param env: environment id, e.g. ``"MiniGrid-MemoryS7-v0"``
-    :param policy: ``"rim"`` or ``"lstm"`` (sb3-contrib's LSTM policy of the same total hidden size)
+    :param policy: ``"rim"``, ``"lstm"`` (sb3-contrib's LSTM policy of the same total hidden size) or
+        ``"ppo"`` (SB3's memoryless PPO with the same features extractor, heads and hyperparameters)
     :param seed: seed of the model and of environment copy 0 (copy i gets ``seed + i``)
     :param n_timesteps: total environment steps of the run (across all parallel environments)
     :param n_envs: parallel training environments
@@ -316,12 +328,15 @@ def _check_pixels_reach_a_pixel_network(config: TrainConfig, policy_kwargs: dict
         )
 
 
-def build_algorithm_kwargs(config: TrainConfig) -> tuple[type[RecurrentPPO], str, dict[str, Any]]:
-    """Turn a configuration into the algorithm class, the policy name and RecurrentPPO keyword arguments.
+def build_algorithm_kwargs(config: TrainConfig) -> tuple[type[OnPolicyAlgorithm], str, dict[str, Any]]:
+    """Turn a configuration into the algorithm class, the policy name and its keyword arguments.
 
     For ``policy="lstm"`` the RIM policy name becomes the LSTM one (``CnnRimPolicy`` ->
     ``CnnLstmPolicy``), ``rim_kwargs`` is dropped and ``lstm_hidden_size`` is set to the
-    RIM's ``num_units * unit_size`` so both have the same total hidden size.
+    RIM's ``num_units * unit_size`` so both have the same total hidden size. For
+    ``policy="ppo"`` it becomes SB3's memoryless one (``CnnRimPolicy`` -> ``CnnPolicy``,
+    trained by ``PPO``) and the recurrent policy options are dropped: the features extractor,
+    ``net_arch`` and every algorithm hyperparameter stay those of the YAML block.
 
     :param config: a resolved configuration
     :return: (algorithm class, policy alias, keyword arguments except env, seed, device, verbose)
@@ -338,14 +353,22 @@ def build_algorithm_kwargs(config: TrainConfig) -> tuple[type[RecurrentPPO], str
         if isinstance(policy_kwargs.get(key), str):
             policy_kwargs[key] = _import_dotted(policy_kwargs[key])
     _check_pixels_reach_a_pixel_network(config, policy_kwargs)
-    algorithm: type[RecurrentPPO] = RimPPO
-    if config.policy == "lstm":
+    algorithm: type[OnPolicyAlgorithm] = RimPPO
+    if config.policy != "lstm" and "Rim" not in policy_name:
+        raise ValueError(
+            f"policy={config.policy!r} needs a RIM policy in hyperparams (the memoryless one is derived "
+            f"from it), got policy={policy_name!r}"
+        )
+    if config.policy == "ppo":
+        policy_name = policy_name.replace("Rim", "")
+        for key in _RECURRENT_POLICY_KWARGS:
+            policy_kwargs.pop(key, None)
+        algorithm = PPO
+    elif config.policy == "lstm":
         policy_name = policy_name.replace("Rim", "Lstm")
         rim_kwargs = policy_kwargs.pop("rim_kwargs", None)
         policy_kwargs.setdefault("lstm_hidden_size", rim_hidden_size(rim_kwargs))
         algorithm = RecurrentPPO
-    elif "Rim" not in policy_name:
-        raise ValueError(f"policy='rim' needs a RIM policy in hyperparams, got policy={policy_name!r}")
     for key in _SCHEDULE_KEYS:
         if key in hyperparams:
             hyperparams[key] = _schedule(key, hyperparams[key])
@@ -473,7 +496,7 @@ def _check_zip(checkpoint: Path) -> None:
         )
 
 
-def _load_checkpoint(config: TrainConfig, checkpoint: Path, env: VecEnv) -> RecurrentPPO:
+def _load_checkpoint(config: TrainConfig, checkpoint: Path, env: VecEnv) -> OnPolicyAlgorithm:
     algorithm, policy_name, _ = build_algorithm_kwargs(config)
     _check_zip(checkpoint)
     try:
@@ -506,7 +529,7 @@ def resume_seed(seed: int, num_timesteps: int) -> int:
     return int(np.random.SeedSequence([seed, num_timesteps]).generate_state(1)[0]) % 2**31
 
 
-def _log_hyperparameters(model: RecurrentPPO, config: TrainConfig) -> None:
+def _log_hyperparameters(model: OnPolicyAlgorithm, config: TrainConfig) -> None:
     rows = "\n".join(f"|{key}|{value}|" for key, value in sorted(_flatten(config.to_dict()).items()))
     for output in model.logger.output_formats:
         if isinstance(output, TensorBoardOutputFormat):
@@ -532,7 +555,7 @@ def train(
     on_run_dir: Callable[[Path], None] | None = None,
     callbacks: list[BaseCallback] | None = None,
 ) -> Path:
-    """Train (or continue training) a RecurrentPPO agent and return its run directory.
+    """Train (or continue training) an agent (PPO for ``policy="ppo"``) and return its run directory.
 
     :param config: the run's configuration
     :param run_dir: None creates a new run directory; an existing one continues from ``checkpoint``
@@ -587,7 +610,7 @@ def train(
         # First: a model with NaN or infinite values must stop training before anything saves it.
         guard = NonFiniteGuard(lambda: latest_checkpoint(run_dir))
         chain: list[BaseCallback] = [guard]
-        if isinstance(model.policy.lstm_actor, RIM):
+        if isinstance(getattr(model.policy, "lstm_actor", None), RIM):
             # Before evaluation, which runs the same RIM on other envs and overwrites last_active.
             chain.append(RimDiagnosticsCallback())
         chain.append(checkpointer)

@@ -1,4 +1,4 @@
-"""Evaluate a saved RecurrentPPO agent (RIM or LSTM policy) over episodes.
+"""Evaluate a saved agent (RecurrentPPO with a RIM or LSTM policy, or memoryless PPO) over episodes.
 
     python scripts/evaluate.py --model logs/<run>/final_model.zip --episodes 100
     python scripts/evaluate.py --model logs/<run>/best_model.zip --env MiniGrid-MemoryS11-v0 \

@@ -1,4 +1,4 @@
-"""Train RecurrentPPO with a RIM (or the LSTM baseline) on an Atari game (ale-py, DeepMind preprocessing).
+"""Train RecurrentPPO with a RIM (or a baseline: the LSTM, memoryless PPO) on an Atari game (ale-py).
 
     python scripts/train_atari.py --env PongNoFrameskip-v4 --policy rim --device cuda
     python scripts/train_atari.py --env ALE/Breakout-v5 --policy lstm --seed 1 --vec-env subproc

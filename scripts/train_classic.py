@@ -1,4 +1,4 @@
-"""Train RecurrentPPO with a RIM (or the LSTM baseline) on a classic-control memory task.
+"""Train RecurrentPPO with a RIM (or a baseline: the LSTM, memoryless PPO) on a classic-control memory task.
 
     python scripts/train_classic.py --env CartPoleNoVel-v1 --policy rim -n 100000
     python scripts/train_classic.py --env CartPoleNoVel-v1 -params policy_kwargs.rim_kwargs.comm_read:linear

@@ -1,4 +1,4 @@
-"""Train RecurrentPPO with a RIM (or the LSTM baseline) on a MiniGrid task.
+"""Train RecurrentPPO with a RIM (or a baseline: the LSTM, memoryless PPO) on a MiniGrid task.
 
     python scripts/train_minigrid.py --env MiniGrid-MemoryS7-v0 --policy rim -n 300000
     python scripts/train_minigrid.py --env MiniGrid-MemoryS7-v0 --policy lstm --seed 1

@@ -13,10 +13,13 @@ import pytest
 import torch
 import yaml
 from sb3_contrib import RecurrentPPO
+from stable_baselines3 import PPO
 from stable_baselines3.common.vec_env import DummyVecEnv
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from rim_agents.callbacks import NonFiniteError, usage_entropy
+from rim_agents.evaluation import evaluate
+from rim_agents.extractors import MiniGridCNN
 from rim_agents.nn import RIM
 from rim_agents.ppo import RimPPO
 from rim_agents.training import (
@@ -201,6 +204,30 @@ def test_lstm_baseline_has_the_rims_total_hidden_size():
     algorithm, policy_name, kwargs = build_algorithm_kwargs(config)
     assert algorithm is RecurrentPPO and policy_name == "CnnLstmPolicy"
     assert kwargs["policy_kwargs"]["lstm_hidden_size"] == 12 and "rim_kwargs" not in kwargs["policy_kwargs"]
+
+
+def test_memoryless_control_is_ppo_with_the_same_extractor_heads_and_hyperparameters(tmp_path):
+    config = make_config(ENV, policy="ppo", overrides=TINY)
+    algorithm, policy_name, kwargs = build_algorithm_kwargs(config)
+    assert algorithm is PPO and policy_name == "CnnPolicy"
+    assert kwargs["policy_kwargs"]["net_arch"] == [8] and "rim_kwargs" not in kwargs["policy_kwargs"]
+    assert (kwargs["n_steps"], kwargs["batch_size"], kwargs["n_epochs"]) == (16, 32, 1)
+
+    run_dir = train(tiny_config(tmp_path, policy="ppo", n_timesteps=64, eval_freq=32, eval_episodes=1))
+    model = PPO.load(run_dir / "final_model.zip")
+    assert model.num_timesteps == 64 and isinstance(model.policy.features_extractor, MiniGridCNN)
+    assert not hasattr(model.policy, "lstm_actor")
+    # The same run directory as the recurrent policies, without the RIM diagnostics; it resumes.
+    events = EventAccumulator(str(run_dir / "tb"))
+    events.Reload()
+    assert "eval/mean_reward" in events.Tags()["scalars"]
+    assert not any(tag.startswith("rim/") for tag in events.Tags()["scalars"])
+    resumed = train(
+        tiny_config(tmp_path, policy="ppo", n_timesteps=96, eval_freq=32, eval_episodes=1), run_dir=run_dir
+    )
+    assert PPO.load(resumed / "final_model.zip").num_timesteps == 96
+    result = evaluate(run_dir / "final_model.zip", episodes=2)
+    assert result["episodes"] == 2 and result["success_rate"] in (0.0, 0.5, 1.0)
 
 
 def test_interrupt_saves_a_checkpoint_of_trained_steps_only(tmp_path):
