@@ -59,6 +59,9 @@ def build_train_parser(description: str, default_env: str, env_help: str) -> arg
     )
     parser.add_argument("--device", default=None, help="torch device: auto, cpu, cuda")
     parser.add_argument(
+        "--num-threads", type=int, default=None, help="CPU threads for torch (default 1: fastest for the RIM)"
+    )
+    parser.add_argument(
         "-params", "--hyperparams", nargs="+", default=[], metavar="KEY:VALUE", help="overrides"
     )
     parser.add_argument("--resume", default=None, metavar="PATH", help="checkpoint .zip or run directory")
@@ -94,6 +97,7 @@ def train_main(
         "save_freq": args.save_freq,
         "keep_checkpoints": args.keep_checkpoints,
         "device": args.device,
+        "num_threads": args.num_threads,
         "verbose": args.verbose,
     }
     options = {key: value for key, value in options.items() if value is not None}

@@ -45,6 +45,7 @@ from tqdm import tqdm
 from envs.copying import NUM_CLASSES, NUM_DIGITS, VOCAB_SIZE, copying_batch, recall_slice
 from rim_agents.nn import RIM
 from rim_agents.nn.attention import COMM_READS
+from rim_agents.threads import torch_threads
 
 MODELS = ("rim", "lstm")
 CELLS = ("lstm", "gru")
@@ -427,12 +428,8 @@ def train_copying(config: CopyingConfig, output_dir: str | Path, progress: bool 
         {"<gap>": {"ce", "ce_all_positions", "digit_acc", "seq_acc"}}, "metric_definitions",
         "epochs", "wall_time_s"}``
     """
-    threads = th.get_num_threads()
-    th.set_num_threads(config.num_threads)
-    try:
+    with torch_threads(config.num_threads):
         return _train_copying(config, Path(output_dir), progress)
-    finally:
-        th.set_num_threads(threads)
 
 
 def _train_copying(config: CopyingConfig, output_dir: Path, progress: bool) -> dict[str, Any]:

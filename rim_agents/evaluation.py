@@ -26,6 +26,7 @@ from stable_baselines3.common.vec_env import VecEnv
 import rim_agents.policies  # noqa: F401  (the RIM policy classes must be importable for load)
 from rim_agents.nn import RIM
 from rim_agents.plotting import plot_unit_activity
+from rim_agents.threads import torch_threads
 from rim_agents.training import CONFIG_FILE, TrainConfig, load_run_config, make_vec_env
 
 # act(observation, episode_start) -> action, for a vectorised environment of one copy.
@@ -152,6 +153,7 @@ def evaluate(
     video_dir: str | Path | None = None,
     activations_path: str | Path | None = None,
     device: str = "auto",
+    num_threads: int = 1,
 ) -> dict[str, Any]:
     """Evaluate a saved agent; the environment defaults to the one of its run.
 
@@ -165,8 +167,26 @@ def evaluate(
     :param activations_path: save a PNG of the units active at each step of the first episode
         (RIM policies only) with the rewards
     :param device: torch device
+    :param num_threads: CPU threads torch uses meanwhile (restored afterwards)
     :return: mean_return, std_return, mean_length, success_rate, per-episode lists and the settings
     """
+    with torch_threads(num_threads):
+        return _evaluate(
+            model_path, env_id, episodes, deterministic, seed, video_dir, activations_path, device
+        )
+
+
+def _evaluate(
+    model_path: str | Path,
+    env_id: str | None,
+    episodes: int,
+    deterministic: bool,
+    seed: int,
+    video_dir: str | Path | None,
+    activations_path: str | Path | None,
+    device: str,
+) -> dict[str, Any]:
+    """:func:`evaluate` with the thread count already set."""
     model, config = load_agent(model_path, device)
     core = getattr(model.policy, "lstm_actor", None)
     if activations_path is not None and not isinstance(core, RIM):

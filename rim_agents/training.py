@@ -58,6 +58,7 @@ from rim_agents.callbacks import (
 from rim_agents.extractors import MiniGridCNN
 from rim_agents.nn import RIM
 from rim_agents.ppo import RimPPO
+from rim_agents.threads import torch_threads
 
 HYPERPARAMS_FILE = Path(__file__).parent / "hyperparams" / "ppo_rim.yml"
 POLICIES = ("rim", "lstm", "ppo")
@@ -109,6 +110,8 @@ class TrainConfig:
     :param max_seconds: stop learning after this much wall time (at a rollout start) even if
         ``n_timesteps`` is not reached; None for no limit
     :param progress_bar: show a progress bar while learning
+    :param num_threads: CPU threads torch uses while training (restored afterwards; rl-zoo's
+        ``--num-threads``); one is the fastest for the RIM on a CPU
     :param verbose: 0 quiet, 1 print SB3's training table and evaluation results
     """
 
@@ -128,6 +131,7 @@ class TrainConfig:
     device: str = "auto"
     max_seconds: float | None = None
     progress_bar: bool = True
+    num_threads: int = 1
     verbose: int = 0
 
     def __post_init__(self) -> None:
@@ -136,7 +140,7 @@ class TrainConfig:
             raise ValueError(f"policy={self.policy!r} is not supported; use one of {POLICIES}")
         if self.vec_env not in VEC_ENVS:
             raise ValueError(f"vec_env={self.vec_env!r} is not supported; use one of {VEC_ENVS}")
-        for name in ("n_timesteps", "n_envs", "eval_episodes"):
+        for name in ("n_timesteps", "n_envs", "eval_episodes", "num_threads"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name}={value!r} must be a positive integer")
@@ -567,6 +571,19 @@ def train(
     :param callbacks: more SB3 callbacks, run after the training core's own
     :return: the run directory, holding ``final_model.zip``
     """
+    with torch_threads(config.num_threads):
+        return _train(config, run_dir, checkpoint, report, on_run_dir, callbacks)
+
+
+def _train(
+    config: TrainConfig,
+    run_dir: str | Path | None,
+    checkpoint: str | Path | None,
+    report: ReportFn | None,
+    on_run_dir: Callable[[Path], None] | None,
+    callbacks: list[BaseCallback] | None,
+) -> Path:
+    """:func:`train` with the thread count already set."""
     if checkpoint is not None and run_dir is None:
         run_dir, checkpoint = find_run(checkpoint)
     if run_dir is not None and checkpoint is None:

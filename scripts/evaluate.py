@@ -30,6 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--json", default=None, metavar="FILE", help="write the results as JSON")
     parser.add_argument("--device", default="auto", help="torch device")
+    parser.add_argument("--num-threads", type=int, default=1, help="CPU threads for torch (default 1)")
     args = parser.parse_args(argv)
     try:
         result = evaluate(
@@ -41,6 +42,7 @@ def main(argv: list[str] | None = None) -> int:
             video_dir=args.video,
             activations_path=args.activations,
             device=args.device,
+            num_threads=args.num_threads,
         )
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)

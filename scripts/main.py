@@ -31,6 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-f", "--log-folder", default="logs", help="parent of the run directory")
     parser.add_argument("--episodes", type=int, default=100, help="evaluation episodes")
     parser.add_argument("--device", default="cpu", help="torch device")
+    parser.add_argument("--num-threads", type=int, default=1, help="CPU threads for torch (default 1)")
     parser.add_argument(
         "--train-minutes",
         type=float,
@@ -47,6 +48,7 @@ def main(argv: list[str] | None = None) -> int:
             log_folder=args.log_folder,
             device=args.device,
             max_seconds=args.train_minutes * 60,
+            num_threads=args.num_threads,
         )
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
@@ -67,6 +69,7 @@ def main(argv: list[str] | None = None) -> int:
         seed=eval_seed,
         activations_path=run_dir / "unit_activity.png",
         device=args.device,
+        num_threads=args.num_threads,
     )
     random = evaluate_random(
         args.env, episodes=args.episodes, seed=eval_seed, env_kwargs=config.hyperparams.get("env_kwargs")

@@ -14,6 +14,7 @@ import torch
 import yaml
 from sb3_contrib import RecurrentPPO
 from stable_baselines3 import PPO
+from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.vec_env import DummyVecEnv
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -469,3 +470,30 @@ def test_only_the_newest_checkpoints_are_kept_and_resume_finds_the_newest(tmp_pa
     ]
     with pytest.raises(ValueError, match="keep_checkpoints=-1 must be a non-negative number of checkpoints"):
         tiny_config(tmp_path, keep_checkpoints=-1)
+
+
+class _RecordThreads(BaseCallback):
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: set[int] = set()
+
+    def _on_step(self) -> bool:
+        self.seen.add(torch.get_num_threads())
+        return True
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_training_uses_the_configured_torch_threads_and_restores_them(tmp_path, threads):
+    before = torch.get_num_threads()
+    record = _RecordThreads()
+    train(tiny_config(tmp_path, n_timesteps=32, num_threads=threads), callbacks=[record])
+    assert record.seen == {threads} and torch.get_num_threads() == before
+    with pytest.raises(ValueError, match="num_threads=0 must be a positive integer"):
+        tiny_config(tmp_path, num_threads=0)
+
+
+def test_script_num_threads_flag_reaches_the_run_config(tmp_path):
+    flags = ["-n", "32", "-f", tmp_path, "--num-threads", "2", "--eval-freq", "0", "--no-progress-bar"]
+    assert script_main(*flags, "--n-envs", "2", "-params", *TINY_PARAMS) == 0
+    (run_dir,) = tmp_path.iterdir()
+    assert yaml.safe_load((run_dir / "config.yaml").read_text())["num_threads"] == 2
