@@ -196,6 +196,21 @@ def sorted_checkpoints(folder: str | Path) -> list[tuple[int, Path]]:
     )
 
 
+def checkpoint_problem(path: Path) -> str | None:
+    """Why a checkpoint cannot be loaded (cut short, damaged, not a model), or None if it is whole.
+
+    :param path: a ``.zip`` written by Stable-Baselines3's ``save``
+    """
+    try:
+        with zipfile.ZipFile(path) as archive:
+            if "data" not in archive.namelist():
+                return "it holds no model data"
+            damaged = archive.testzip()
+    except (zipfile.BadZipFile, EOFError, OSError) as error:
+        return str(error)
+    return None if damaged is None else f"{damaged} inside it fails its checksum"
+
+
 class RolloutCheckpointCallback(BaseCallback):
     """Save ``rl_model_<steps>_steps.zip`` when a rollout starts, i.e. once the previous update is done.
 

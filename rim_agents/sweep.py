@@ -38,7 +38,6 @@ import socket
 import threading
 import time
 import warnings
-import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -53,11 +52,12 @@ from optuna.storages.journal import JournalFileBackend, JournalFileSymlinkLock
 from optuna.trial import FrozenTrial, Trial, TrialState
 from stable_baselines3.common.callbacks import BaseCallback
 
+from rim_agents.callbacks import checkpoint_problem, sorted_checkpoints
 from rim_agents.training import (
+    CHECKPOINT_DIR,
     HYPERPARAM_KEYS,
     TrainConfig,
     build_algorithm_kwargs,
-    latest_checkpoint,
     make_config,
     train,
 )
@@ -82,7 +82,6 @@ PRUNERS = ("median", "none")
 INDEX, CELL, RUN_NAME, START_STEP = "sweep_index", "cell", "run_name", "start_step"
 WORKER, HEARTBEAT, SUCCESS, ERROR, DEATHS = "worker", "heartbeat", "success_rate", "error", "deaths"
 _SPEC = "sweep"  # study user attribute: how the study was created
-_STEP_RE = re.compile(r"rl_model_(\d+)_steps\.zip$")
 _SCHEME_RE = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*)://")
 
 
@@ -558,10 +557,10 @@ def resume_point(run_dir: str | Path) -> tuple[Path | None, int]:
     :param run_dir: a run directory (it need not exist yet)
     :return: (checkpoint or None, its step count or 0)
     """
-    while (checkpoint := latest_checkpoint(run_dir)) is not None:
-        with contextlib.suppress(zipfile.BadZipFile, OSError), zipfile.ZipFile(checkpoint) as archive:
-            if "data" in archive.namelist() and archive.testzip() is None:
-                return checkpoint, int(_STEP_RE.search(checkpoint.name).group(1))  # type: ignore[union-attr]
+    while found := sorted_checkpoints(Path(run_dir) / CHECKPOINT_DIR):
+        steps, checkpoint = found[-1]
+        if checkpoint_problem(checkpoint) is None:
+            return checkpoint, steps
         checkpoint.replace(checkpoint.with_name(f"{checkpoint.name}.partial"))
     return None, 0
 

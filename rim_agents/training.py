@@ -25,7 +25,6 @@ import importlib
 import inspect
 import os
 import time
-import zipfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -52,6 +51,7 @@ from rim_agents.callbacks import (
     RimDiagnosticsCallback,
     RolloutCheckpointCallback,
     StopAfterSeconds,
+    checkpoint_problem,
     save_atomically,
     sorted_checkpoints,
 )
@@ -485,12 +485,7 @@ def _set_aside_later_checkpoints(folder: Path, num_timesteps: int) -> None:
 
 def _check_zip(checkpoint: Path) -> None:
     """A ValueError naming a checkpoint that is cut short or damaged, and the one to use instead."""
-    try:
-        with zipfile.ZipFile(checkpoint) as archive:
-            damaged = archive.testzip()
-        problem = None if damaged is None else f"{damaged} inside it fails its checksum"
-    except (zipfile.BadZipFile, EOFError, OSError) as error:
-        problem = str(error)
+    problem = checkpoint_problem(checkpoint)
     if problem is not None:
         earlier = [p for _, p in sorted_checkpoints(checkpoint.parent) if p != checkpoint]
         hint = f"resume from {earlier[-1]}" if earlier else "start the run afresh"
