@@ -737,9 +737,9 @@ class Worker:
             return
         trial = self.study.get_trials(deepcopy=False)[self.current]
         if trial.state == TrialState.RUNNING:
+            print(f"[{self.tag}] interrupted: handing trial {trial.number} back", flush=True)
             with self._requeue_lock():
                 self._fail_and_requeue(trial, self.hand_back)
-                print(f"[{self.tag}] interrupted: trial {trial.number} queued again", flush=True)
 
     @contextlib.contextmanager
     def _beating(self, trial: Trial, trial_id: int) -> Iterator[None]:
