@@ -10,6 +10,9 @@ Observation modes (``observation=``):
 
 ``fully_observable=True`` shows the whole grid instead of the agent's view, in either mode
 (symbolic: (width, height, 3); rgb: (width * tile_size, height * tile_size, 3)).
+``view_size=v`` (odd, >= 3) narrows or widens the agent's view to v x v (symbolic: (v, v, 3);
+a 3x3 view is given channels-first, (3, 3, 3) with the codes first, so that SB3 and
+``MiniGridCNN`` cannot mistake its layout).
 
 Success in MiniGrid is a positive reward at the end of an episode (the environment pays
 ``1 - 0.9 * step_count / max_steps`` for reaching the goal and 0 otherwise); the factory
@@ -24,7 +27,15 @@ from typing import Any, SupportsFloat
 
 import gymnasium as gym
 import minigrid  # noqa: F401  (importing registers the MiniGrid-* ids with gymnasium)
-from minigrid.wrappers import FullyObsWrapper, ImgObsWrapper, RGBImgObsWrapper, RGBImgPartialObsWrapper
+import numpy as np
+from gymnasium import spaces
+from minigrid.wrappers import (
+    FullyObsWrapper,
+    ImgObsWrapper,
+    RGBImgObsWrapper,
+    RGBImgPartialObsWrapper,
+    ViewSizeWrapper,
+)
 from stable_baselines3.common.monitor import Monitor
 
 OBSERVATION_MODES = ("symbolic", "rgb")
@@ -43,6 +54,26 @@ class SuccessInfo(gym.Wrapper):
         if terminated or truncated:
             info["is_success"] = bool(float(reward) > 0.0)
         return obs, reward, terminated, truncated, info
+
+
+class ChannelsFirst(gym.ObservationWrapper):
+    """``(H, W, C) -> (C, H, W)``: an image layout SB3 cannot mistake when ``H == W == C``.
+
+    :param env: an environment with a channels-last ``Box`` image observation
+    """
+
+    def __init__(self, env: gym.Env) -> None:
+        super().__init__(env)
+        box = env.observation_space
+        assert isinstance(box, spaces.Box)
+        self.observation_space = spaces.Box(
+            box.low.transpose(2, 0, 1),
+            box.high.transpose(2, 0, 1),
+            dtype=box.dtype,  # type: ignore[arg-type]
+        )
+
+    def observation(self, observation: np.ndarray) -> np.ndarray:
+        return np.ascontiguousarray(observation.transpose(2, 0, 1))
 
 
 def env_ids() -> list[str]:
@@ -81,6 +112,7 @@ def make_minigrid(
     tile_size: int = 8,
     render_mode: str | None = None,
     max_steps: int | None = None,
+    view_size: int | None = None,
 ) -> gym.Env:
     """Build one wrapped MiniGrid environment (Monitor outermost, so episode statistics are raw returns).
 
@@ -91,6 +123,9 @@ def make_minigrid(
     :param tile_size: pixels per tile in ``"rgb"`` mode
     :param render_mode: None, or ``"rgb_array"`` for video frames
     :param max_steps: episode step limit; None keeps the environment's own
+    :param view_size: side of the agent's square view (odd, at least 3; MiniGrid's
+        ``ViewSizeWrapper``); None keeps the environment's 7. A smaller view hides more of the
+        room, so a memory task needs more memory
     :return: the environment; its observation space is a (H, W, 3) ``uint8`` Box
     """
     check_env_id(env_id)
@@ -104,6 +139,15 @@ def make_minigrid(
             raise ValueError(f"max_steps={max_steps} must be a positive number of steps")
         kwargs["max_steps"] = max_steps
     env = gym.make(env_id, **kwargs)
+    if view_size is not None:
+        if (
+            isinstance(view_size, bool)
+            or not isinstance(view_size, int)
+            or view_size < 3
+            or view_size % 2 == 0
+        ):
+            raise ValueError(f"view_size={view_size!r} must be an odd integer >= 3 (the agent sees a square)")
+        env = ViewSizeWrapper(env, agent_view_size=view_size)
     if observation == "rgb":
         env = (
             RGBImgObsWrapper(env, tile_size) if fully_observable else RGBImgPartialObsWrapper(env, tile_size)
@@ -112,6 +156,10 @@ def make_minigrid(
         env = FullyObsWrapper(env)
     # MiniGrid observations are dicts with the mission string; the image alone is what the policy reads.
     env = ImgObsWrapper(env)
+    if env.observation_space.shape == (3, 3, 3):
+        # A 3x3 view with 3 codes per cell: SB3 would read (3, 3, 3) as channels-first (it takes the
+        # first of equal axes), so it is made so.
+        env = ChannelsFirst(env)
     env = SuccessInfo(env)
     env = Monitor(env, info_keywords=("is_success",))
     if seed is not None:

@@ -12,7 +12,7 @@ from stable_baselines3.common.preprocessing import is_image_space_channels_first
 from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
 from torch import nn
 
-# Three 2x2 convolutions without padding shrink each side by 3.
+# Three 2x2 convolutions without padding shrink each side by 3; with padding 1 each grows it by 1.
 _MIN_GRID_SIDE = 4
 
 
@@ -34,9 +34,11 @@ class MiniGridCNN(BaseFeaturesExtractor):
 
     Channels-last spaces such as MiniGrid's own ``(7, 7, 3)`` are accepted as well as the
     channels-first ``(3, 7, 7)`` that SB3's ``VecTransposeImage`` produces; the channel axis
-    is the smallest one, as SB3 assumes.
+    is the smallest one, as SB3 assumes. Grids smaller than 4x4 (a 3x3 view, ``view_size``
+    in ``envs.minigrid``) are padded by one cell at each convolution instead, so that the
+    three convolutions still see every cell.
 
-    :param observation_space: a 3-D ``Box`` with both grid sides at least 4
+    :param observation_space: a 3-D ``Box`` (a grid of any size)
     :param features_dim: number of features produced (default 64)
     """
 
@@ -52,21 +54,18 @@ class MiniGridCNN(BaseFeaturesExtractor):
         self.channels_first = is_image_space_channels_first(observation_space)
         shape = observation_space.shape
         n_channels, height, width = shape if self.channels_first else (shape[2], shape[0], shape[1])
-        if min(height, width) < _MIN_GRID_SIDE:
-            raise ValueError(
-                f"MiniGridCNN needs a grid of at least {_MIN_GRID_SIDE}x{_MIN_GRID_SIDE} "
-                f"(three 2x2 convolutions), got observation shape {shape}"
-            )
+        padding = 1 if min(height, width) < _MIN_GRID_SIDE else 0
         self.cnn = nn.Sequential(
-            nn.Conv2d(n_channels, 16, kernel_size=2),
+            nn.Conv2d(n_channels, 16, kernel_size=2, padding=padding),
             nn.ReLU(),
-            nn.Conv2d(16, 32, kernel_size=2),
+            nn.Conv2d(16, 32, kernel_size=2, padding=padding),
             nn.ReLU(),
-            nn.Conv2d(32, 64, kernel_size=2),
+            nn.Conv2d(32, 64, kernel_size=2, padding=padding),
             nn.ReLU(),
             nn.Flatten(),
         )
-        n_flatten = 64 * (height - _MIN_GRID_SIDE + 1) * (width - _MIN_GRID_SIDE + 1)
+        grow = 3 if padding else -3  # each 2x2 convolution: side + 2 * padding - 1
+        n_flatten = 64 * (height + grow) * (width + grow)
         self.linear = nn.Sequential(nn.Linear(n_flatten, features_dim), nn.ReLU())
 
     def forward(self, observations: th.Tensor) -> th.Tensor:

@@ -1,7 +1,9 @@
 """The MiniGrid environment factory: observation shapes and dtypes, seeding, success flag, id errors."""
 
+import gymnasium as gym
 import numpy as np
 import pytest
+from minigrid.wrappers import ImgObsWrapper, ViewSizeWrapper
 
 from envs import env_family, make_env
 from envs.minigrid import make_minigrid
@@ -74,3 +76,28 @@ def test_id_of_no_family_is_rejected_with_suggestions():
 def test_bad_options_name_the_argument(kwargs, message):
     with pytest.raises(ValueError, match=message):
         make_minigrid("MiniGrid-MemoryS7-v0", **kwargs)
+
+
+@pytest.mark.parametrize("env_id", [e for e in gym.registry if e.startswith("MiniGrid-Memory")])
+def test_every_memory_maze_runs_with_the_default_and_a_small_view(env_id):
+    for view, shape in ((None, (7, 7, 3)), (5, (5, 5, 3)), (3, (3, 3, 3))):
+        env = make_env(env_id, seed=0, view_size=view)()
+        obs, _ = env.reset(seed=0)
+        assert obs.shape == shape == env.observation_space.shape
+        for _ in range(5):
+            obs, *_ = env.step(env.action_space.sample())
+        assert env.observation_space.contains(obs)
+
+
+def test_a_three_by_three_view_is_channels_first_with_the_codes_in_front():
+    wide = make_minigrid("MiniGrid-MemoryS7-v0", seed=3, view_size=3)
+    obs, _ = wide.reset(seed=3)
+    view = ImgObsWrapper(ViewSizeWrapper(gym.make("MiniGrid-MemoryS7-v0"), agent_view_size=3))
+    hwc, _ = view.reset(seed=3)
+    np.testing.assert_array_equal(obs, hwc.transpose(2, 0, 1))
+
+
+@pytest.mark.parametrize("view", [2, 4, 0, True])
+def test_view_size_must_be_odd_and_at_least_three(view):
+    with pytest.raises(ValueError, match=rf"view_size={view!r} must be an odd integer >= 3"):
+        make_minigrid("MiniGrid-MemoryS7-v0", view_size=view)

@@ -497,3 +497,10 @@ def test_script_num_threads_flag_reaches_the_run_config(tmp_path):
     assert script_main(*flags, "--n-envs", "2", "-params", *TINY_PARAMS) == 0
     (run_dir,) = tmp_path.iterdir()
     assert yaml.safe_load((run_dir / "config.yaml").read_text())["num_threads"] == 2
+
+
+def test_a_rim_agent_trains_with_a_three_by_three_view(tmp_path):
+    config = tiny_config(tmp_path, n_timesteps=32, save_freq=0)
+    config.hyperparams["env_kwargs"] = {"observation": "symbolic", "view_size": 3}
+    model = RecurrentPPO.load(train(config) / "final_model.zip")
+    assert model.observation_space.shape == (3, 3, 3) and model.num_timesteps == 32
