@@ -468,12 +468,14 @@ class _TrialLost(Exception):
 
 
 class Requeue:
-    """Queue a failed trial again as a WAITING copy that carries its run name and reports.
+    """Queue a failed trial again as a WAITING copy that carries its run name.
 
     Deaths (a worker that stopped beating) and hand-backs (Ctrl-C, SIGTERM) are counted
     apart, in the ``deaths`` user attribute: only deaths spend the ``max_deaths`` budget, so
-    interrupting a sweep never leaves a cell without a retry for a real crash. The copy
-    keeps the reported evaluations, so the pruner compares the resumed run on the same steps.
+    interrupting a sweep never leaves a cell without a retry for a real crash. The copy does
+    not inherit reported evaluations, which may come from steps past the checkpoint it
+    resumes from; it reports on the run's own evaluation grid (evaluations continue on the
+    steps they had before the resume), so the pruner compares it at the same steps.
     Usable as an :class:`~optuna.storages.RDBStorage` ``heartbeat_stale_trial_callback``.
 
     :param death: whether the trial's worker died (counts against ``max_deaths``)
@@ -501,7 +503,6 @@ class Requeue:
                 user_attrs={**trial.user_attrs, DEATHS: deaths},
                 # Optuna's retry attributes, so RetryHeartbeatStaleTrialCallback.retry_history reads them.
                 system_attrs={"failed_trial": history[0], "retry_history": history},
-                intermediate_values=trial.intermediate_values,
             )
         )
         return True
