@@ -321,7 +321,8 @@ class ReportingEvalCallback(EvalCallback):
     history and a worse model never replaces the best one. Evaluations past the resumed
     checkpoint's step belong to a trajectory that no longer exists: they are dropped, a best
     model among them is set aside as ``abandoned_best_model.zip`` / ``.json``, and later
-    evaluations fall on the same step grid as before.
+    evaluations fall on the same step grid as before. Evaluation draws its random actions from
+    a fork of torch's generator: the training trajectory is the same whatever ``eval_freq``.
 
     :param eval_env: evaluation environments
     :param run_dir: the run directory
@@ -402,7 +403,10 @@ class ReportingEvalCallback(EvalCallback):
     def _on_step(self) -> bool:
         n_before = len(self.evaluations_timesteps)
         best_before = self.best_mean_reward
-        continue_training = super()._on_step()
+        # Evaluation samples actions from torch's global generator; on a fork of it, so that
+        # how often a run evaluates does not change what it trains on.
+        with th.random.fork_rng(devices=[]):
+            continue_training = super()._on_step()
         if len(self.evaluations_timesteps) == n_before:
             return continue_training
         replace_durably(Path(f"{self.log_path}.npz"), self.history)

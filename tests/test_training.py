@@ -504,3 +504,14 @@ def test_a_rim_agent_trains_with_a_three_by_three_view(tmp_path):
     config.hyperparams["env_kwargs"] = {"observation": "symbolic", "view_size": 3}
     model = RecurrentPPO.load(train(config) / "final_model.zip")
     assert model.observation_space.shape == (3, 3, 3) and model.num_timesteps == 32
+
+
+def test_evaluating_does_not_change_what_a_run_trains_on(tmp_path):
+    finals = []
+    for eval_freq in (0, 32):
+        run_dir = train(
+            tiny_config(tmp_path / str(eval_freq), n_timesteps=96, eval_freq=eval_freq, eval_episodes=2)
+        )
+        finals.append(RecurrentPPO.load(run_dir / "final_model.zip").policy.state_dict())
+    for name, value in finals[0].items():
+        assert torch.equal(value, finals[1][name]), name
