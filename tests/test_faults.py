@@ -32,15 +32,15 @@ def _train(folder, seed, run_dir):
     train(_config(folder, seed), run_dir=run_dir)
 
 
-def _attempt(folder, seed, run_dir, kill_after, after_checkpoint=False):
+def _attempt(folder, seed, run_dir, kill_after, after_checkpoints=0):
     """Train in a forked child; SIGKILL it ``kill_after`` seconds after it starts (or, with
-    ``after_checkpoint``, after its first new checkpoint appears), unless None. Its exit code."""
+    ``after_checkpoints``, after that many new checkpoints appeared), unless None. Its exit code."""
     before = len(list(run_dir.glob("checkpoints/*.zip")))
     child = multiprocessing.get_context("fork").Process(target=_train, args=(folder, seed, run_dir))
     child.start()
-    if kill_after is not None and after_checkpoint:
-        while child.is_alive() and len(list(run_dir.glob("checkpoints/*.zip"))) <= before:
-            time.sleep(0.005)
+    if kill_after is not None and after_checkpoints:
+        while child.is_alive() and len(list(run_dir.glob("checkpoints/*.zip"))) < before + after_checkpoints:
+            time.sleep(0.002)
     child.join(kill_after)
     if child.is_alive():
         os.kill(child.pid, signal.SIGKILL)
@@ -61,9 +61,10 @@ def test_runs_killed_at_random_points_resume_without_losing_or_claiming_work(tmp
         run_dir = folder / "run"  # train() with a run_dir that has no checkpoint starts afresh
         latest, attempts = 0, 0
         while not (run_dir / "final_model.zip").exists():
-            # 1st attempt: killed while training (a random moment after its first checkpoint);
-            # 2nd: at a random moment of its first 2.5 s (set-up, training or saving); 3rd: runs to the end.
-            plan = [(rng.uniform(0.0, 0.6), True), (rng.uniform(0.05, 2.5), False), (None, False)]
+            # 1st attempt: killed while training, within 20 ms after its 1st to 4th checkpoint of 8
+            # (at least three rollouts remain); 2nd: at a random moment of its first 2.5 s (set-up,
+            # training or saving); 3rd: runs to the end.
+            plan = [(rng.uniform(0.0, 0.02), rng.randint(1, 4)), (rng.uniform(0.05, 2.5), 0), (None, 0)]
             code = _attempt(folder, seed, run_dir, *plan[min(attempts, 2)])
             attempts += 1
             kills += code == -signal.SIGKILL
