@@ -36,7 +36,6 @@ Evaluation environments (``make_env(..., evaluation=True)``) use
 
 from __future__ import annotations
 
-import difflib
 from collections import deque
 from typing import Any, SupportsFloat
 
@@ -54,6 +53,8 @@ from stable_baselines3.common.atari_wrappers import (
     NoopResetEnv,
 )
 from stable_baselines3.common.monitor import Monitor
+
+from envs.ids import close_match_hint
 
 gym.register_envs(ale_py)
 
@@ -181,10 +182,7 @@ def check_env_id(env_id: str) -> None:
     known = env_ids()
     if env_id in known:
         return
-    close = difflib.get_close_matches(env_id, known, n=5, cutoff=0.5)
-    hint = (
-        f"close matches: {', '.join(close)}" if close else f"{len(known)} ids are supported, e.g. {known[0]}"
-    )
+    hint = close_match_hint(env_id, known, "ids are supported")
     if env_id in gym.registry:
         reason = "is an ale-py id this preprocessing does not take (it needs one frame per step and pixels)"
     else:

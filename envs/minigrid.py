@@ -22,7 +22,6 @@ writes it to ``info["is_success"]`` at the last step, which SB3 turns into
 
 from __future__ import annotations
 
-import difflib
 from typing import Any, SupportsFloat
 
 import gymnasium as gym
@@ -37,6 +36,8 @@ from minigrid.wrappers import (
     ViewSizeWrapper,
 )
 from stable_baselines3.common.monitor import Monitor
+
+from envs.ids import check_known_id
 
 OBSERVATION_MODES = ("symbolic", "rgb")
 # Evaluation copies are built exactly like training copies: MiniGrid has no training-only wrappers.
@@ -94,14 +95,7 @@ def check_env_id(env_id: str) -> None:
 
     :param env_id: e.g. ``"MiniGrid-MemoryS7-v0"``
     """
-    known = env_ids()
-    if env_id in known:
-        return
-    close = difflib.get_close_matches(env_id, known, n=5, cutoff=0.5)
-    hint = (
-        f"close matches: {', '.join(close)}" if close else f"{len(known)} ids are registered, e.g. {known[0]}"
-    )
-    raise ValueError(f"env_id={env_id!r} is not a registered MiniGrid environment; {hint}")
+    check_known_id(env_id, env_ids(), "a registered MiniGrid environment")
 
 
 def make_minigrid(
