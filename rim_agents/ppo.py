@@ -53,8 +53,8 @@ class RimPPO(RecurrentPPO):
         super()._setup_model()
         if not isinstance(self.policy, RimActorCriticPolicy):
             return
-        # The parent built sb3-contrib's buffer; the RIM's gets the same storage arguments.
-        buffer = self.rollout_buffer
+        # The parent built sb3-contrib's buffer; this one has the same storage.
+        rim = self.policy.lstm_actor
         buffer_class = (
             RimDictRolloutBuffer if isinstance(self.observation_space, spaces.Dict) else RimRolloutBuffer
         )
@@ -62,7 +62,7 @@ class RimPPO(RecurrentPPO):
             self.n_steps,
             self.observation_space,
             self.action_space,
-            buffer.hidden_state_shape,
+            (self.n_steps, rim.num_layers, self.n_envs, rim.hidden_size),
             self.device,
             gamma=self.gamma,
             gae_lambda=self.gae_lambda,
