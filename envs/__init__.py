@@ -5,20 +5,27 @@ seeded environment with a Monitor, for ``DummyVecEnv`` / ``SubprocVecEnv``. A fa
 module with ``owns(env_id)``, ``env_ids()``, ``check_env_id(env_id)``,
 ``make(env_id, seed, **kwargs)`` (one seeded, wrapped environment) and ``EVALUATION_KWARGS``: the options an
 evaluation environment overrides (Atari: whole games, unclipped rewards; MiniGrid: none).
+An unknown id gets the same hint in every family (``envs.ids``: the closest known ids).
 """
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Callable
 from types import ModuleType
 from typing import Any
 
 import gymnasium as gym
 
-from envs import atari, classic, minigrid
+from envs import atari, classic, minatar, minigrid, popgym
+from envs.ids import close_matches
 
-FAMILIES: dict[str, ModuleType] = {"minigrid": minigrid, "atari": atari, "classic": classic}
+FAMILIES: dict[str, ModuleType] = {
+    "minigrid": minigrid,
+    "atari": atari,
+    "classic": classic,
+    "minatar": minatar,
+    "popgym": popgym,
+}
 
 
 def env_family(env_id: str) -> str:
@@ -30,7 +37,7 @@ def env_family(env_id: str) -> str:
         if module.owns(env_id):
             return name
     known = [known_id for module in FAMILIES.values() for known_id in module.env_ids()]
-    close = difflib.get_close_matches(env_id, known, n=5, cutoff=0.5)
+    close = close_matches(env_id, known)
     hint = f"; close matches: {', '.join(close)}" if close else ""
     raise ValueError(f"env_id={env_id!r} belongs to no supported family ({', '.join(FAMILIES)}){hint}")
 

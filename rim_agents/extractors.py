@@ -1,7 +1,8 @@
 """Features extractors for the environments rim_agents trains on.
 
 Symbols:
-    N - batch    C - channels (3 in MiniGrid: object, colour, state)    H, W - grid size
+    N - batch    C - channels (3 in MiniGrid: object, colour, state; 4-10 in MinAtar: kinds of object)
+    H, W - grid size
 """
 
 from __future__ import annotations
@@ -83,4 +84,47 @@ class MiniGridCNN(BaseFeaturesExtractor):
         if not self.channels_first:
             # (N, H, W, C) -> (N, C, H, W), the layout Conv2d expects.
             observations = observations.permute(0, 3, 1, 2)
+        return self.linear(self.cnn(observations))
+
+
+class MinAtarCNN(BaseFeaturesExtractor):
+    """
+    The network of MinAtar's own agents for its (C, 10, 10) binary game states: one 3x3
+    convolution with 16 channels (stride 1, no padding, ReLU), then a linear layer to
+    ``features_dim`` = 128 units (ReLU): Young & Tian (2019, arXiv 1903.03176),
+    the DQN and actor-critic networks of the MinAtar paper and its ``examples/``.
+
+    The input is channels-first, as ``envs.minatar`` gives it: ``float32`` values in {0, 1},
+    which SB3 does not rescale (a float Box is not an image to it).
+
+    :param observation_space: a (C, H, W) ``Box`` with H, W >= 3 (MinAtar: (C, 10, 10))
+    :param features_dim: number of features produced (default 128, MinAtar's hidden layer)
+    """
+
+    def __init__(self, observation_space: spaces.Space, features_dim: int = 128) -> None:
+        shape = getattr(observation_space, "shape", None)
+        if not isinstance(observation_space, spaces.Box) or shape is None or len(shape) != 3:
+            raise ValueError(
+                f"MinAtarCNN needs a 3-D (C, H, W) Box observation space (envs.minatar), "
+                f"got {observation_space}"
+            )
+        if min(shape[1:]) < 3:
+            raise ValueError(f"MinAtarCNN needs H, W >= 3 for its 3x3 convolution, got (C, H, W) = {shape}")
+        if isinstance(features_dim, bool) or not isinstance(features_dim, int) or features_dim < 1:
+            raise ValueError(f"features_dim must be a positive integer, got {features_dim!r}")
+        super().__init__(observation_space, features_dim)
+        n_channels, height, width = shape
+        self.cnn = nn.Sequential(
+            nn.Conv2d(n_channels, 16, kernel_size=3, stride=1),
+            nn.ReLU(),
+            nn.Flatten(),
+        )
+        # A 3x3 convolution without padding shrinks each side by 2: (16, H - 2, W - 2) flattened.
+        self.linear = nn.Sequential(nn.Linear(16 * (height - 2) * (width - 2), features_dim), nn.ReLU())
+
+    def forward(self, observations: th.Tensor) -> th.Tensor:
+        """
+        :param observations: ``(N, C, H, W)`` float
+        :return: ``(N, features_dim)``
+        """
         return self.linear(self.cnn(observations))
