@@ -1,4 +1,4 @@
-"""The command line of the training scripts (``scripts/train_<family>.py``: minigrid, atari, classic).
+"""The command line of the training scripts: ``scripts/train_<family>.py`` for every family of ``envs``.
 
 All take the same flags (rl-baselines3-zoo's names) and differ only in the default
 environment and the evaluation defaults; this module holds the parser and the logic that
