@@ -131,13 +131,21 @@ def test_perfect_play_returns_one_and_random_play_stays_within_minus_one_and_one
             assert -1.0 <= episode["r"] <= 1.0, env_id
 
 
-def test_same_seed_same_episode():
-    def observations(seed):
-        env = make_env("popgym-CountRecallEasy-v0", seed=seed)()
-        return np.stack([env.step(0)[0] for _ in range(20)])
+def test_same_seed_same_episodes_in_every_task():
+    def play_randomly(env_id, seed):
+        env = make_env(env_id, seed=seed)()
+        env.action_space.seed(0)
+        steps = []
+        for _ in range(40):
+            obs, reward, terminated, truncated, _ = env.step(env.action_space.sample())
+            steps.append(np.append(obs, reward))
+            if terminated or truncated:
+                env.reset()
+        return np.stack(steps)
 
-    np.testing.assert_array_equal(observations(3), observations(3))
-    assert not np.array_equal(observations(3), observations(4))
+    for env_id in env_ids():
+        np.testing.assert_array_equal(play_randomly(env_id, 3), play_randomly(env_id, 3), err_msg=env_id)
+    assert not np.array_equal(play_randomly(TASK, 3), play_randomly(TASK, 4))
 
 
 @pytest.mark.parametrize(
