@@ -3,8 +3,8 @@
 Ids ``MinAtar/<Game>-v1`` with ``<Game>`` one of Asterix, Breakout, Freeway, Seaquest,
 SpaceInvaders: the minimal action set of each game (3 to 6 actions), as gymnax and its
 published PPO numbers use. ``MinAtar/<Game>-v0`` (all 6 actions, MinAtar's own agents) is
-accepted too. Gymnasium >= 1.0 no longer loads MinAtar's plugin entry point, so importing
-this module registers the ids (``minatar.gym.register_envs``).
+accepted too. Gymnasium >= 1.0 no longer loads MinAtar's plugin entry point, so this module
+registers the ids (``minatar.gym.register_envs``) the first time it is asked about them.
 
 The game is MinAtar's own, with its defaults: sticky actions (the previous action repeats
 with probability 0.1) and difficulty that ramps up during a game. The observation is the
@@ -22,7 +22,6 @@ from __future__ import annotations
 from typing import Any
 
 import gymnasium as gym
-import minatar.gym
 import numpy as np
 from gymnasium import spaces
 from gymnasium.wrappers import TimeLimit
@@ -35,8 +34,15 @@ _PREFIX = "MinAtar/"
 # Evaluation copies are built like training copies: MinAtar has no training-only wrappers.
 EVALUATION_KWARGS: dict[str, Any] = {}
 
-if f"{_PREFIX}Breakout-v1" not in gym.registry:  # registering twice would make gymnasium warn
-    minatar.gym.register_envs()
+
+def _register() -> None:
+    """Register the MinAtar ids with gymnasium, once. Done on first use rather than at import:
+    importing minatar takes about a second (it loads matplotlib, seaborn and pandas), which
+    runs on other families need not pay."""
+    if f"{_PREFIX}Breakout-v1" not in gym.registry:  # registering twice would make gymnasium warn
+        import minatar.gym
+
+        minatar.gym.register_envs()
 
 
 class ChannelsFirstFloat(gym.ObservationWrapper):
@@ -80,6 +86,7 @@ class PixelFrames(gym.Wrapper):
 
 def env_ids() -> list[str]:
     """The MinAtar ids, sorted: ``MinAtar/<Game>-v0`` (6 actions) and ``-v1`` (minimal action set)."""
+    _register()
     return sorted(env_id for env_id in gym.registry if owns(env_id))
 
 
