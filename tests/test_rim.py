@@ -116,7 +116,9 @@ def test_reset_at_step_t_equals_a_fresh_call_from_zero_state(cell):
     only_first[6, 0] = 1.0
     out_first, _ = rim(x, episode_starts=only_first)
     plain, _ = rim(x)
-    torch.testing.assert_close(out_first[:, 1:], plain[:, 1:], atol=0, rtol=0)
+    # Not bit for bit: the native op multiplies the active rows of a batch together, and the
+    # rounding of a matmul can depend on how many rows it has.
+    torch.testing.assert_close(out_first[:, 1:], plain[:, 1:], atol=1e-6, rtol=1e-6)
     assert not torch.allclose(out_first[6:, 0], plain[6:, 0])
 
 

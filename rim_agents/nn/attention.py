@@ -17,7 +17,6 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
@@ -77,14 +76,18 @@ class InputAttention(nn.Module):
         """
         return x @ self.key_weight * (1.0 / (self.heads * math.sqrt(self.key_size)))
 
-    def select(self, query: Tensor, keys: Tensor, top_k: int) -> tuple[Tensor, Tensor]:
+    def select(
+        self, query: Tensor, keys: Tensor, top_k: int, mask: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
         """Attention weight on the input and the active units, for one time step.
 
         :param query: ``(k, n, a*e)`` queries from each unit's previous hidden state.
         :param keys: ``(n, a*e)`` the input keys of this step, from :meth:`keys`.
         :param top_k: how many units become active.
-        :return: ``weight (k, n)``: attention on the input row (dropout applied in
-            training), and ``active (k, n)``: exactly ``top_k`` True per sample.
+        :param mask: ``(k, n)`` dropout mask for the weights (zeros and ``1/(1-p)``), or
+            None for no dropout. The caller draws it (see ``RIMCell.dropout_masks``).
+        :return: ``weight (k, n)``: attention on the input row, and ``active (k, n)``:
+            exactly ``top_k`` True per sample.
         """
         score = (query * keys).sum(-1)  # (k, n); the null row scores exactly 0
         num_units = score.shape[0]
@@ -96,8 +99,8 @@ class InputAttention(nn.Module):
             order = score.detach().argsort(dim=0, descending=True, stable=True)[:top_k]
             active = torch.zeros_like(score, dtype=torch.bool).scatter_(0, order, True)
         weight = torch.sigmoid(score)  # softmax([0, s])[1]
-        if self.training and self.dropout > 0:
-            weight = F.dropout(weight, self.dropout, training=True)
+        if mask is not None:
+            weight = weight * mask
         return weight, active
 
 
@@ -173,8 +176,12 @@ class CommunicationAttention(nn.Module):
                 f"'comm_read': {saved_read!r}}}}}"
             )
 
-    def forward(self, hidden: Tensor) -> Tensor:
-        """``hidden (k, n, h) -> read (k, n, h)``: what each unit reads from all units."""
+    def forward(self, hidden: Tensor, mask: Tensor | None = None) -> Tensor:
+        """``hidden (k, n, h) -> read (k, n, h)``: what each unit reads from all units.
+
+        ``mask``: ``(n, a, k, k)`` dropout mask for the attention weights (zeros and
+        ``1/(1-p)``), or None for no dropout; the caller draws it.
+        """
         a, e, v = self.heads, self.key_size, self.value_size
         qkv = torch.bmm(hidden, self.qkv_weight)
         # (k, n, a*(2e+v)) -> per (sample, head) batches over units, so both products
@@ -184,8 +191,8 @@ class CommunicationAttention(nn.Module):
         k = rearrange(k, "j n (a e) -> (n a) e j", a=a)
         v = rearrange(v, "j n (a v) -> (n a) j v", a=a)
         weight = torch.bmm(q, k).mul_(1.0 / math.sqrt(e)).softmax(dim=-1)  # (n*a, k, j)
-        if self.training and self.dropout > 0:
-            weight = F.dropout(weight, self.dropout, training=True)
+        if mask is not None:
+            weight = weight * mask.reshape(weight.shape)
         read = rearrange(torch.bmm(weight, v), "(n a) k v -> k n (a v)", a=a)
         if self.out_bias is None:
             return torch.bmm(read, self.out_weight)

@@ -36,12 +36,23 @@ GATES = {"lstm": 4, "gru": 3}
 class PreparedInput(NamedTuple):
     """What one layer needs from its input at each step, computed for all steps at once.
 
-    ``keys``: ``l`` tensors ``(n, q)``; ``gates``: ``l`` tensors ``(k, n, g)``, the
-    input-to-gate term of a unit that reads with weight 1.
+    ``keys``: ``(l, n, q)``; ``gates``: ``(l, n, k, g)``, the input-to-gate term of a unit
+    that reads with weight 1.
     """
 
-    keys: tuple[Tensor, ...]
-    gates: tuple[Tensor, ...]
+    keys: Tensor
+    gates: Tensor
+
+
+class DropoutMasks(NamedTuple):
+    """Attention dropout for a whole sequence, drawn once per call; None where off.
+
+    ``input``: ``(l, k, n)`` on the input-attention weights; ``communication``:
+    ``(l, n, a, k, k)`` on the communication weights. Entries are 0 or ``1/(1-p)``.
+    """
+
+    input: Tensor | None
+    communication: Tensor | None
 
 
 class StepWeights(NamedTuple):
@@ -121,18 +132,32 @@ class RIMCell(nn.Module):
         """
         l, n, d = x.shape
         k = self.num_units
-        flat = rearrange(x, "l n d -> (l n) d")
-        keys = rearrange(self.input_attention.keys(flat), "(l n) q -> l n q", l=l)
+        flat = x.reshape(l * n, d)
+        keys = self.input_attention.keys(flat).view(l, n, -1)
         value_weight = self.input_attention.value_weight
         if d <= l * n:
             # (d, v) @ (k, v, g) -> (d, k*g): then one GEMM over all steps and units.
             composed = rearrange(torch.matmul(value_weight, self.weight_ih), "k d g -> d (k g)")
-            gates = rearrange(flat @ composed, "(l n) (k g) -> l k n g", l=l, k=k)
+            gates = (flat @ composed).view(l, n, k, -1)  # (l n) (k g) -> l n k g
         else:
-            gates = rearrange(torch.matmul(flat @ value_weight, self.weight_ih), "k (l n) g -> l k n g", l=l)
-        # Per-step views, no copy: unbinding once keeps autograd from building a
-        # full-size zero gradient per step as slicing would.
-        return PreparedInput(keys.unbind(0), gates.unbind(0))
+            gates = torch.matmul(flat @ value_weight, self.weight_ih)  # k (l n) g
+            gates = gates.transpose(0, 1).reshape(l, n, k, -1)  # -> l n k g
+        return PreparedInput(keys, gates)
+
+    def dropout_masks(self, seq_len: int, batch: int, like: Tensor) -> DropoutMasks:
+        """Draw the attention dropout masks of a training call (see :class:`DropoutMasks`)."""
+
+        def draw(p: float, *shape: int) -> Tensor | None:
+            if p == 0:
+                return None
+            return like.new_empty(shape).bernoulli_(1.0 - p).div_(1.0 - p)
+
+        k = self.num_units
+        comm = self.communication
+        return DropoutMasks(
+            draw(self.input_attention.dropout, seq_len, k, batch),
+            None if comm is None else draw(comm.dropout, seq_len, batch, comm.heads, k, k),
+        )
 
     def step_weights(self) -> StepWeights:
         """Gate and query weights side by side, and their bias (zero for the queries)."""
@@ -145,7 +170,14 @@ class RIMCell(nn.Module):
         return StepWeights(recurrent, bias.unsqueeze(1))
 
     def step(
-        self, keys: Tensor, input_gates: Tensor, h: Tensor, c: Tensor, weights: StepWeights
+        self,
+        keys: Tensor,
+        input_gates: Tensor,
+        h: Tensor,
+        c: Tensor,
+        weights: StepWeights,
+        input_mask: Tensor | None = None,
+        comm_mask: Tensor | None = None,
     ) -> tuple[Tensor, Tensor, Tensor]:
         """One step for all units.
 
@@ -154,12 +186,14 @@ class RIMCell(nn.Module):
         :param h: ``(k, n, h)`` hidden state at t-1; ``c``: the same for the LSTM cell
             state (ignored by the GRU).
         :param weights: from :meth:`step_weights`.
+        :param input_mask: ``(k, n)``, ``comm_mask``: ``(n, a, k, k)``, this step's
+            slices of :meth:`dropout_masks`, or None.
         :return: ``h (k, n, h)``, ``c (k, n, h)`` at t, and ``active (k, n)`` booleans.
         """
         gate_width = input_gates.shape[-1]
         recurrent = torch.baddbmm(weights.bias, h, weights.recurrent)  # (k, n, g+q)
         hidden_gates, query = recurrent.split([gate_width, recurrent.shape[-1] - gate_width], dim=-1)
-        read_weight, active = self.input_attention.select(query, keys, self.top_k)
+        read_weight, active = self.input_attention.select(query, keys, self.top_k, input_mask)
         read_weight = read_weight.unsqueeze(-1)
         mask = active.unsqueeze(-1)
         if self.cell == "lstm":
@@ -179,5 +213,5 @@ class RIMCell(nn.Module):
             c_new = c
         h_new = torch.where(mask, h_new, h)
         if self.communication is not None:
-            h_new = torch.where(mask, h_new + self.communication(h_new), h)
+            h_new = torch.where(mask, h_new + self.communication(h_new, comm_mask), h)
         return h_new, c_new, active

@@ -15,8 +15,11 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
+from rim_agents.nn import native
 from rim_agents.nn.attention import COMM_READS
-from rim_agents.nn.cell import GATES, RIMCell
+from rim_agents.nn.cell import GATES, DropoutMasks, PreparedInput, RIMCell, StepWeights
+
+BACKENDS = ("auto", "native", "torch")
 
 
 def _check_positive_int(name: str, value: object) -> None:
@@ -64,6 +67,12 @@ class RIM(nn.Module):
         dropout: dropout on the outputs of each layer except the last, as ``nn.LSTM``.
         batch_first: input and output are ``(N, L, *)`` instead of ``(L, N, *)``
             (states stay ``(num_layers, N, K*H)``, as in ``nn.LSTM``).
+        backend: how each layer's time loop runs. ``"native"``: one C++ call per layer,
+            forward and backward (``rim_agents/nn/csrc/rim_layer.cpp``, built on first use;
+            CPU, float32/float64); a ValueError says why where it cannot run. ``"torch"``:
+            PyTorch operations step by step (any device and dtype; the reference for the
+            native op). ``"auto"`` (default): native where it can run, else torch; if the
+            extension cannot be built it warns once and uses torch.
 
     Inputs: input, hx, episode_starts
         - **input**: ``(L, N, D)``, or ``(L, D)`` for one unbatched sequence.
@@ -77,8 +86,12 @@ class RIM(nn.Module):
         - **output**: ``(L, N, K*H)`` the last layer's hidden state at every step.
         - **h_n**, **c_n**: ``(num_layers, N, K*H)``; for a GRU ``c_n`` is zeros.
 
+    Attention dropout (``input_dropout``, ``comm_dropout``) draws one mask per layer and
+    call, before the time loop, and both backends apply the same masks.
+
     Attributes:
-        input_size, hidden_size, num_layers, num_units, unit_size, top_k, cell, comm_read.
+        input_size, hidden_size, num_layers, num_units, unit_size, top_k, cell, comm_read,
+        backend.
         last_active: ``(L, num_layers, N, K)`` booleans, which units were active at each
             step of the last forward call (``(L, num_layers, K)`` unbatched), or None
             before the first call. Recorded during the pass, no extra computation.
@@ -115,6 +128,7 @@ class RIM(nn.Module):
         comm_read: str = "gated",
         dropout: float = 0.0,
         batch_first: bool = False,
+        backend: str = "auto",
     ) -> None:
         super().__init__()
         sizes = {
@@ -140,6 +154,10 @@ class RIM(nn.Module):
             raise ValueError(f"cell must be one of {sorted(GATES)}, got {cell!r}")
         if comm_read not in COMM_READS:
             raise ValueError(f"comm_read must be one of {list(COMM_READS)}, got {comm_read!r}")
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {list(BACKENDS)}, got {backend!r}")
+        if backend == "native" and (reason := native.unavailable_reason()) is not None:
+            raise ValueError(f"backend='native' cannot run here: {reason}; use backend='auto' or 'torch'")
         for name, probability in {
             "input_dropout": input_dropout,
             "comm_dropout": comm_dropout,
@@ -157,6 +175,7 @@ class RIM(nn.Module):
         self.comm_read = comm_read
         self.dropout = dropout
         self.batch_first = batch_first
+        self.backend = backend
         self.layers = nn.ModuleList(
             RIMCell(
                 input_size if layer == 0 else self.hidden_size,
@@ -183,7 +202,7 @@ class RIM(nn.Module):
         return (
             f"{self.input_size}, num_units={self.num_units}, unit_size={self.unit_size}, "
             f"top_k={self.top_k}, num_layers={self.num_layers}, cell={self.cell!r}, "
-            f"comm_read={self.comm_read!r}"
+            f"comm_read={self.comm_read!r}, backend={self.backend!r}"
         )
 
     def forward(
@@ -228,8 +247,7 @@ class RIM(nn.Module):
             if tuple(episode_starts.shape) != (seq_len, batch):
                 got = tuple(episode_starts.shape)
                 raise ValueError(f"episode_starts must have shape (L, N)={(seq_len, batch)}, got {got}")
-            # (L, N) -> (L, 1, N, 1): broadcasts over the unit-major state (K, N, H).
-            keep = (1.0 - episode_starts.to(input.dtype)).view(seq_len, 1, batch, 1)
+            keep = 1.0 - episode_starts.to(input.dtype)
 
         output, h_n, c_n, active = self._run(input, hx, keep)
         self.last_active = active.squeeze(2) if unbatched else active
@@ -239,34 +257,112 @@ class RIM(nn.Module):
             output = output.transpose(0, 1)
         return output, (h_n, c_n)
 
+    def _uses_native(self, x: Tensor) -> bool:
+        """Whether this call runs natively; ValueError for ``backend="native"`` where it cannot."""
+        if self.backend == "torch":
+            return False
+        reason = native.unsupported_reason(x)
+        if self.backend == "native":
+            if reason is not None:
+                raise ValueError(f"backend='native' cannot run this call: {reason}; use backend='auto'")
+            return True
+        return reason is None and native.load() is not None
+
     def _run(
         self, x: Tensor, hx: tuple[Tensor, Tensor], keep: Tensor | None
     ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """Layers by time. ``x (L, N, D)``, ``hx`` each ``(num_layers, N, K*H)``,
-        ``keep (L, 1, N, 1)`` or None -> output, h_n, c_n, active ``(L, layers, N, K)``."""
+        ``keep (L, N)`` or None -> output, h_n, c_n, active ``(L, layers, N, K)``."""
+        run_layer = _native_layer if self._uses_native(x) else _torch_layer
+        seq_len, batch = x.shape[:2]
         h_out, c_out, masks = [], [], []
         layer: RIMCell
         for index, layer in enumerate(self.layers):  # type: ignore[assignment]
             if index > 0 and self.dropout > 0:
                 x = F.dropout(x, self.dropout, self.training)
-            prepared = layer.prepare(x)
-            weights = layer.step_weights()
-            h = rearrange(hx[0][index], "n (k h) -> k n h", k=self.num_units)
-            c = rearrange(hx[1][index], "n (k h) -> k n h", k=self.num_units)
+            dropout = layer.dropout_masks(seq_len, batch, x) if self.training else DropoutMasks(None, None)
+            # Plain view/permute rather than einops in this per-call path: a rollout calls
+            # it once per environment step, where each einops call costs microseconds.
+            h = hx[0][index].view(batch, self.num_units, self.unit_size).transpose(0, 1)  # n (k h) -> k n h
+            c = hx[1][index].view(batch, self.num_units, self.unit_size).transpose(0, 1)
             if self.cell == "gru":
                 c = torch.zeros_like(h)
-            outputs, actives = [], []
-            for t, (keys, gates) in enumerate(zip(prepared.keys, prepared.gates, strict=True)):
-                if keep is not None:
-                    h = h * keep[t]
-                    if self.cell == "lstm":  # a GRU's c stays zero
-                        c = c * keep[t]
-                h, c, active = layer.step(keys, gates, h, c, weights)
-                outputs.append(h)
-                actives.append(active)
-            x = rearrange(torch.stack(outputs), "l k n h -> l n (k h)")
-            h_out.append(rearrange(h, "k n h -> n (k h)"))
-            c_out.append(rearrange(c, "k n h -> n (k h)"))
-            masks.append(torch.stack(actives))
-        active = rearrange(torch.stack(masks), "layers l k n -> l layers n k")
+            x, h, c, active = run_layer(layer, layer.prepare(x), layer.step_weights(), h, c, keep, dropout)
+            h_out.append(h.transpose(0, 1).reshape(batch, self.hidden_size))  # k n h -> n (k h)
+            c_out.append(c.transpose(0, 1).reshape(batch, self.hidden_size))
+            masks.append(active)
+        active = torch.stack(masks).permute(1, 0, 3, 2)  # layers l k n -> l layers n k
         return x, torch.stack(h_out), torch.stack(c_out), active
+
+
+def _torch_layer(
+    layer: RIMCell,
+    prepared: PreparedInput,
+    weights: StepWeights,
+    h: Tensor,
+    c: Tensor,
+    keep: Tensor | None,
+    dropout: DropoutMasks,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """One layer, step by step in PyTorch operations.
+
+    ``h``, ``c`` ``(K, N, H)``; ``keep (L, N)`` or None -> ``output (L, N, K*H)``, ``h_n``,
+    ``c_n`` ``(K, N, H)``, ``active (L, K, N)``.
+    """
+    seq_len, batch = prepared.keys.shape[:2]
+    # Per-step views, no copy: unbinding once keeps autograd from building a full-size
+    # zero gradient per step as slicing would.
+    keys = prepared.keys.unbind(0)
+    gates = rearrange(prepared.gates, "l n k g -> l k n g").unbind(0)
+    # (L, N) -> (L, 1, N, 1): broadcasts over the unit-major state (K, N, H).
+    keep_steps = None if keep is None else keep.view(seq_len, 1, batch, 1)
+    no_masks: list[Tensor | None] = [None] * seq_len
+    input_masks = no_masks if dropout.input is None else dropout.input.unbind(0)
+    comm_masks = no_masks if dropout.communication is None else dropout.communication.unbind(0)
+    outputs, actives = [], []
+    for t in range(seq_len):
+        if keep_steps is not None:
+            h = h * keep_steps[t]
+            if layer.cell == "lstm":  # a GRU's c stays zero
+                c = c * keep_steps[t]
+        h, c, active = layer.step(keys[t], gates[t], h, c, weights, input_masks[t], comm_masks[t])
+        outputs.append(h)
+        actives.append(active)
+    output = rearrange(torch.stack(outputs), "l k n h -> l n (k h)")
+    return output, h, c, torch.stack(actives)
+
+
+def _native_layer(
+    layer: RIMCell,
+    prepared: PreparedInput,
+    weights: StepWeights,
+    h: Tensor,
+    c: Tensor,
+    keep: Tensor | None,
+    dropout: DropoutMasks,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """One layer in one native call, forward and backward (same contract as ``_torch_layer``)."""
+    comm = layer.communication
+    config = native.LayerConfig(
+        top_k=layer.top_k,
+        lstm=layer.cell == "lstm",
+        heads=0 if comm is None else comm.heads,
+        key_size=0 if comm is None else comm.key_size,
+        value_size=0 if comm is None else comm.value_size,
+    )
+    inputs = native.LayerInputs(
+        keys=prepared.keys,
+        gates=prepared.gates,
+        h0=h,
+        c0=c,
+        keep=keep,
+        recurrent=weights.recurrent,
+        bias=weights.bias.squeeze(1),
+        bias_ih=None if layer.cell == "lstm" else layer.bias_ih,
+        in_mask=dropout.input,
+        qkv=None if comm is None else comm.qkv_weight,
+        out=None if comm is None else comm.out_weight,
+        out_bias=None if comm is None or comm.out_bias is None else comm.out_bias.squeeze(1),
+        comm_mask=dropout.communication,
+    )
+    return native.run_layer(config, inputs)

@@ -1,0 +1,666 @@
+// One RIM layer over a whole sequence, forward and hand-written backward, for CPU.
+//
+// The Python side (rim_agents/nn/native.py) computes what depends only on the input
+// (keys, input-to-gate terms) and the per-call weight layouts with autograd, as the
+// PyTorch path does, and hands this file the time loop: per step, the recurrent matmul,
+// the null-input scores and top-k selection, the LSTM/GRU update of the active units,
+// communication attention and the read of the active units, and the episode resets.
+// The backward runs the same loop in reverse and returns the gradient of every input;
+// weight gradients are summed over the sequence with one batched matmul each.
+//
+// The matmuls call the BLAS that libtorch_cpu exports (MKL's sgemm_/dgemm_ on x86
+// wheels), declared weak: where a build of torch has none, `has_blas()` is false and the
+// Python side does not pick this backend. Everything else is plain loops over
+// contiguous memory, so one step costs a handful of BLAS calls and no allocations.
+//
+// Symbols: L steps, N batch, K units, H unit size, G gate width (4H LSTM, 3H GRU),
+// Q query width, A comm heads, E comm key size, V comm value size,
+// W = A*(2E+V) qkv width, R = A*V read width, O = H (linear read) or 2H (gated read).
+
+#include <torch/extension.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <vector>
+
+extern "C" {
+void sgemm_(const char*, const char*, const int*, const int*, const int*, const float*, const float*, const int*,
+            const float*, const int*, const float*, float*, const int*) __attribute__((weak));
+void dgemm_(const char*, const char*, const int*, const int*, const int*, const double*, const double*,
+            const int*, const double*, const int*, const double*, double*, const int*) __attribute__((weak));
+}
+
+namespace {
+
+using at::Tensor;
+
+template <typename T>
+void blas_gemm(char ta, char tb, int m, int n, int k, T alpha, const T* a, int lda, const T* b, int ldb, T beta,
+               T* c, int ldc);
+
+template <>
+void blas_gemm<float>(char ta, char tb, int m, int n, int k, float alpha, const float* a, int lda, const float* b,
+                      int ldb, float beta, float* c, int ldc) {
+  sgemm_(&ta, &tb, &m, &n, &k, &alpha, a, &lda, b, &ldb, &beta, c, &ldc);
+}
+
+template <>
+void blas_gemm<double>(char ta, char tb, int m, int n, int k, double alpha, const double* a, int lda,
+                       const double* b, int ldb, double beta, double* c, int ldc) {
+  dgemm_(&ta, &tb, &m, &n, &k, &alpha, a, &lda, b, &ldb, &beta, c, &ldc);
+}
+
+// Row-major C (M x N) = op(A) op(B) + beta * C, where op(A) is M x K and op(B) is K x N;
+// A is stored M x K (or K x M when ta), B is stored K x N (or N x K when tb). Row-major
+// C is column-major C^T = op(B)^T op(A)^T, hence the swapped operands.
+template <typename T>
+inline void mm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, const T* A, const T* B, T beta, T* C) {
+  blas_gemm<T>(tb ? 'T' : 'N', ta ? 'T' : 'N', static_cast<int>(N), static_cast<int>(M), static_cast<int>(K), T(1),
+               B, static_cast<int>(tb ? K : N), A, static_cast<int>(ta ? M : K), beta, C, static_cast<int>(N));
+}
+
+// exp, sigmoid and tanh. float: branch-free so that loops over a row vectorize; Cephes'
+// expf range reduction and polynomial (about 1 ulp on the clamped range), and
+// tanh(x) = 1 - 2 / (exp(2x) + 1) (absolute error about 1e-7). double: the C library's.
+template <typename T>
+inline T exp_(T x) {
+  return std::exp(x);
+}
+
+template <>
+inline float exp_<float>(float x) {
+  x = std::min(std::max(x, -87.0f), 88.0f);
+  const float n = std::floor(x * 1.44269504088896341f + 0.5f);
+  const float r = x - n * 0.693359375f + n * 2.12194440e-4f;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * r * r + r + 1.0f;
+  const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
+  float scale;
+  std::memcpy(&scale, &bits, sizeof scale);
+  return p * scale;
+}
+
+template <typename T>
+inline T sigmoid(T x) {
+  return T(1) / (T(1) + exp_(-x));
+}
+
+template <typename T>
+inline T tanh_(T x) {
+  return std::tanh(x);
+}
+
+template <>
+inline float tanh_<float>(float x) {
+  return 1.0f - 2.0f / (exp_(2.0f * x) + 1.0f);
+}
+
+// Dot product of two rows; the reduction may be reordered (vectorized).
+template <typename T>
+inline T dot(const T* a, const T* b, int64_t n) {
+  T s = 0;
+#pragma omp simd reduction(+ : s)
+  for (int64_t i = 0; i < n; ++i) s += a[i] * b[i];
+  return s;
+}
+
+struct Dims {
+  int64_t L, N, K, H, G, Q, A, E, V, W, R, O, top_k;
+  bool lstm, comm, gated;
+};
+
+// Optional tensors arrive as undefined Tensors; data pointer or null.
+template <typename T>
+const T* ptr_or_null(const Tensor& t) {
+  return t.defined() ? t.data_ptr<T>() : nullptr;
+}
+
+template <typename T>
+std::vector<Tensor> forward_impl(const Dims& d, const Tensor& keys, const Tensor& xg, const Tensor& h0,
+                                 const Tensor& c0, const Tensor& keep_t, const Tensor& w_rec, const Tensor& b_rec,
+                                 const Tensor& b_ih, const Tensor& in_mask_t, const Tensor& qkv_w,
+                                 const Tensor& out_w, const Tensor& out_b, const Tensor& comm_mask_t) {
+  const int64_t L = d.L, N = d.N, K = d.K, H = d.H, G = d.G, Q = d.Q, GQ = G + Q;
+  const int64_t A = d.A, E = d.E, V = d.V, W = d.W, R = d.R, O = d.O;
+  auto opts = keys.options();
+  Tensor output = at::empty({L, N, K * H}, opts);
+  Tensor hp = at::empty({K, L, N, H}, opts);  // state entering each step, after the reset
+  Tensor cp = at::empty({d.lstm ? L : 0, K, N, H}, opts);
+  Tensor act = at::empty({L, K, N, 4 * H}, opts);  // LSTM i f o g; GRU r z n (W_hn h + b_hn)
+  Tensor tc = at::empty({d.lstm ? L : 0, K, N, H}, opts);  // tanh(c_new)
+  Tensor wsig = at::empty({L, K, N}, opts);                // sigmoid(score), before dropout
+  Tensor query = at::empty({L, K, N, Q}, opts);
+  Tensor active = at::empty({L, K, N}, opts.dtype(at::kBool));
+  Tensor h1 = at::empty({d.comm ? K : 0, L, N, H}, opts);  // communication input
+  Tensor qkv = at::empty({d.comm ? L : 0, K, N, W}, opts);
+  Tensor att = at::empty({d.comm ? L : 0, N, A, K, K}, opts);  // softmax, before dropout
+  Tensor read = at::empty({d.comm ? K : 0, L, N, R}, opts);
+  Tensor pact = at::empty({d.comm && d.gated ? L : 0, K, N, 2 * H}, opts);  // tanh(out), sigmoid(gate)
+  Tensor h = h0.clone();
+  Tensor c = d.lstm ? c0.clone() : at::zeros_like(h0);
+  std::vector<T> rbuf(K * N * GQ), score(K * N), pbuf(N * O), gathered(N * R), logits(K);
+  std::vector<int64_t> rows(N);
+
+  const T* keys_p = keys.data_ptr<T>();
+  const T* xg_p = xg.data_ptr<T>();
+  const T* keep = ptr_or_null<T>(keep_t);
+  const T* wr_p = w_rec.data_ptr<T>();
+  const T* br_p = b_rec.data_ptr<T>();
+  const T* bih_p = ptr_or_null<T>(b_ih);
+  const T* in_mask = ptr_or_null<T>(in_mask_t);
+  const T* qkvw_p = ptr_or_null<T>(qkv_w);
+  const T* ow_p = ptr_or_null<T>(out_w);
+  const T* ob_p = ptr_or_null<T>(out_b);
+  const T* comm_mask = ptr_or_null<T>(comm_mask_t);
+  T* out_p = output.data_ptr<T>();
+  T* hp_p = hp.data_ptr<T>();
+  T* cp_p = d.lstm ? cp.data_ptr<T>() : nullptr;
+  T* act_p = act.data_ptr<T>();
+  T* tc_p = d.lstm ? tc.data_ptr<T>() : nullptr;
+  T* w_p = wsig.data_ptr<T>();
+  T* query_p = query.data_ptr<T>();
+  bool* active_p = active.data_ptr<bool>();
+  T* h1_p = d.comm ? h1.data_ptr<T>() : nullptr;
+  T* qkv_p = d.comm ? qkv.data_ptr<T>() : nullptr;
+  T* att_p = d.comm ? att.data_ptr<T>() : nullptr;
+  T* read_p = d.comm ? read.data_ptr<T>() : nullptr;
+  T* pact_p = d.comm && d.gated ? pact.data_ptr<T>() : nullptr;
+  T* h_p = h.data_ptr<T>();
+  T* c_p = c.data_ptr<T>();
+  const T inv_sqrt_e = T(1) / std::sqrt(T(E));
+
+  for (int64_t t = 0; t < L; ++t) {
+    // Reset, and save the state entering the step.
+    for (int64_t k = 0; k < K; ++k) {
+      for (int64_t n = 0; n < N; ++n) {
+        const T kp = keep ? keep[t * N + n] : T(1);
+        T* hs = h_p + (k * N + n) * H;
+        T* hsave = hp_p + ((k * L + t) * N + n) * H;
+        for (int64_t i = 0; i < H; ++i) hsave[i] = hs[i] = hs[i] * kp;
+        if (d.lstm) {
+          T* cs = c_p + (k * N + n) * H;
+          T* csave = cp_p + ((t * K + k) * N + n) * H;
+          for (int64_t i = 0; i < H; ++i) csave[i] = cs[i] = cs[i] * kp;
+        }
+      }
+    }
+    // Hidden-to-gate terms and input queries: R = b_rec + h @ w_rec, per unit.
+    for (int64_t k = 0; k < K; ++k) {
+      T* rk = rbuf.data() + k * N * GQ;
+      for (int64_t n = 0; n < N; ++n) std::memcpy(rk + n * GQ, br_p + k * GQ, GQ * sizeof(T));
+      mm<T>(false, false, N, GQ, H, h_p + k * N * H, wr_p + k * H * GQ, T(1), rk);
+    }
+    // Scores against this step's input keys (the null row scores 0).
+    const T* keys_t = keys_p + t * N * Q;
+    for (int64_t k = 0; k < K; ++k) {
+      for (int64_t n = 0; n < N; ++n) {
+        const T* q = rbuf.data() + (k * N + n) * GQ + G;
+        score[k * N + n] = dot(q, keys_t + n * Q, Q);
+        std::memcpy(query_p + ((t * K + k) * N + n) * Q, q, Q * sizeof(T));
+      }
+    }
+    // Top-k per sample: a unit is active when fewer than top_k units rank above it;
+    // ties go to the lower unit index (the PyTorch path's stable sort).
+    bool* act_t = active_p + t * K * N;
+    for (int64_t n = 0; n < N; ++n) {
+      for (int64_t k = 0; k < K; ++k) {
+        const T s = score[k * N + n];
+        int64_t rank = 0;
+        for (int64_t j = 0; j < K; ++j) {
+          const T o = score[j * N + n];
+          rank += (o > s) || (o == s && j < k);
+        }
+        act_t[k * N + n] = rank < d.top_k;
+      }
+    }
+    // Unit dynamics of the active units; inactive units keep h and c as they are.
+    for (int64_t k = 0; k < K; ++k) {
+      for (int64_t n = 0; n < N; ++n) {
+        const int64_t kn = k * N + n;
+        const T wv = sigmoid(score[kn]);
+        w_p[t * K * N + kn] = wv;
+        if (!act_t[kn]) continue;
+        const T wd = in_mask ? wv * in_mask[t * K * N + kn] : wv;
+        const T* hg = rbuf.data() + kn * GQ;
+        const T* x = xg_p + ((t * N + n) * K + k) * G;
+        T* a = act_p + ((t * K + k) * N + n) * 4 * H;
+        T* hs = h_p + kn * H;
+        if (d.lstm) {
+          T* cs = c_p + kn * H;
+          T* tcs = tc_p + ((t * K + k) * N + n) * H;
+          #pragma omp simd
+          for (int64_t i = 0; i < H; ++i) {
+            const T ig = sigmoid(hg[i] + wd * x[i]);
+            const T fg = sigmoid(hg[H + i] + wd * x[H + i]);
+            const T og = sigmoid(hg[2 * H + i] + wd * x[2 * H + i]);
+            const T gg = tanh_(hg[3 * H + i] + wd * x[3 * H + i]);
+            const T cn = fg * cs[i] + ig * gg;
+            const T tcn = tanh_(cn);
+            a[i] = ig, a[H + i] = fg, a[2 * H + i] = og, a[3 * H + i] = gg;
+            tcs[i] = tcn;
+            cs[i] = cn;
+            hs[i] = og * tcn;
+          }
+        } else {
+          const T* bi = bih_p + k * G;
+          #pragma omp simd
+          for (int64_t i = 0; i < H; ++i) {
+            const T r = sigmoid(bi[i] + wd * x[i] + hg[i]);
+            const T z = sigmoid(bi[H + i] + wd * x[H + i] + hg[H + i]);
+            const T hn = hg[2 * H + i];
+            const T nn = tanh_(bi[2 * H + i] + wd * x[2 * H + i] + r * hn);
+            a[i] = r, a[H + i] = z, a[2 * H + i] = nn, a[3 * H + i] = hn;
+            hs[i] = nn + z * (hs[i] - nn);
+          }
+        }
+      }
+    }
+    if (d.comm) {
+      // Every unit's query, key and value from its state after the update.
+      T* qkv_t = qkv_p + t * K * N * W;
+      for (int64_t k = 0; k < K; ++k) {
+        std::memcpy(h1_p + (k * L + t) * N * H, h_p + k * N * H, N * H * sizeof(T));
+        mm<T>(false, false, N, W, H, h_p + k * N * H, qkvw_p + k * H * W, T(0), qkv_t + k * N * W);
+      }
+      // Reads of the active units only (an inactive unit's read is never added); the
+      // read rows of inactive units stay zero for the weight gradient's matmul.
+      for (int64_t k = 0; k < K; ++k) {
+        for (int64_t n = 0; n < N; ++n) {
+          T* rd = read_p + ((k * L + t) * N + n) * R;
+          std::fill(rd, rd + R, T(0));
+          if (!act_t[k * N + n]) continue;
+          for (int64_t a = 0; a < A; ++a) {
+            T* att_row = att_p + (((t * N + n) * A + a) * K + k) * K;
+            const T* mask_row = comm_mask ? comm_mask + (((t * N + n) * A + a) * K + k) * K : nullptr;
+            const T* q = qkv_t + (k * N + n) * W + a * E;
+            T top = -INFINITY;
+            for (int64_t j = 0; j < K; ++j) {
+              logits[j] = dot(q, qkv_t + (j * N + n) * W + A * E + a * E, E) * inv_sqrt_e;
+              top = std::max(top, logits[j]);
+            }
+            T sum = 0;
+            for (int64_t j = 0; j < K; ++j) sum += (logits[j] = std::exp(logits[j] - top));
+            for (int64_t j = 0; j < K; ++j) {
+              const T p = logits[j] / sum;
+              att_row[j] = p;
+              const T pd = mask_row ? p * mask_row[j] : p;
+              const T* v = qkv_t + (j * N + n) * W + 2 * A * E + a * V;
+              T* rda = rd + a * V;
+              for (int64_t e = 0; e < V; ++e) rda[e] += pd * v[e];
+            }
+          }
+        }
+      }
+      // Each unit maps its active rows' reads back with its own output weights (one
+      // matmul over the gathered rows) and adds the result.
+      for (int64_t k = 0; k < K; ++k) {
+        int64_t m = 0;
+        for (int64_t n = 0; n < N; ++n) {
+          if (!act_t[k * N + n]) continue;
+          rows[m] = n;
+          std::memcpy(gathered.data() + m * R, read_p + ((k * L + t) * N + n) * R, R * sizeof(T));
+          if (d.gated) std::memcpy(pbuf.data() + m * O, ob_p + k * O, O * sizeof(T));
+          ++m;
+        }
+        if (m == 0) continue;
+        mm<T>(false, false, m, O, R, gathered.data(), ow_p + k * R * O, d.gated ? T(1) : T(0), pbuf.data());
+        for (int64_t r = 0; r < m; ++r) {
+          const int64_t n = rows[r];
+          T* hs = h_p + (k * N + n) * H;
+          const T* p = pbuf.data() + r * O;
+          if (d.gated) {
+            T* pa = pact_p + ((t * K + k) * N + n) * 2 * H;
+            #pragma omp simd
+            for (int64_t i = 0; i < H; ++i) {
+              const T to = tanh_(p[i]);
+              const T sg = sigmoid(p[H + i]);
+              pa[i] = to, pa[H + i] = sg;
+              hs[i] += sg * to;
+            }
+          } else {
+            for (int64_t i = 0; i < H; ++i) hs[i] += p[i];
+          }
+        }
+      }
+    }
+    for (int64_t k = 0; k < K; ++k) {
+      for (int64_t n = 0; n < N; ++n) {
+        std::memcpy(out_p + (t * N + n) * K * H + k * H, h_p + (k * N + n) * H, H * sizeof(T));
+      }
+    }
+  }
+  return {output, h, c, active, hp, cp, act, tc, wsig, query, h1, qkv, att, read, pact};
+}
+
+template <typename T>
+std::vector<Tensor> backward_impl(const Dims& d, const Tensor& grad_out_t, const Tensor& grad_hn,
+                                  const Tensor& grad_cn, const std::vector<Tensor>& saved, const Tensor& keys,
+                                  const Tensor& xg, const Tensor& keep_t, const Tensor& w_rec, const Tensor& b_ih,
+                                  const Tensor& in_mask_t, const Tensor& qkv_w, const Tensor& out_w,
+                                  const Tensor& comm_mask_t) {
+  const int64_t L = d.L, N = d.N, K = d.K, H = d.H, G = d.G, Q = d.Q, GQ = G + Q;
+  const int64_t A = d.A, E = d.E, V = d.V, W = d.W, R = d.R, O = d.O;
+  const Tensor &hp = saved[0], &cp = saved[1], &act = saved[2], &tc = saved[3], &wsig = saved[4],
+               &query = saved[5], &active = saved[6], &h1 = saved[7], &qkv = saved[8], &att = saved[9],
+               &read = saved[10], &pact = saved[11];
+  auto opts = keys.options();
+  Tensor dkeys = at::zeros({L, N, Q}, opts);
+  Tensor dxg = at::empty({L, N, K, G}, opts);
+  Tensor dR = at::empty({K, L, N, GQ}, opts);
+  Tensor dqkv = at::empty({d.comm ? K : 0, L, N, W}, opts);
+  Tensor dP = at::empty({d.comm ? K : 0, L, N, O}, opts);
+  Tensor db_ih = at::zeros({d.lstm ? 0 : K, G}, opts);
+  Tensor dh = grad_hn.clone();
+  Tensor dc = d.lstm ? grad_cn.clone() : at::zeros_like(grad_hn);
+  std::vector<T> dh1(K * N * H), dhp(K * N * H), dcp(K * N * H), dread(N * R), gathered(N * O), dattd(K);
+  std::vector<int64_t> rows(N);
+
+  const T* gout = grad_out_t.data_ptr<T>();
+  const T* keys_p = keys.data_ptr<T>();
+  const T* xg_p = xg.data_ptr<T>();
+  const T* keep = ptr_or_null<T>(keep_t);
+  const T* wr_p = w_rec.data_ptr<T>();
+  const T* in_mask = ptr_or_null<T>(in_mask_t);
+  const T* qkvw_p = ptr_or_null<T>(qkv_w);
+  const T* ow_p = ptr_or_null<T>(out_w);
+  const T* comm_mask = ptr_or_null<T>(comm_mask_t);
+  const T* hp_p = hp.data_ptr<T>();
+  const T* cp_p = d.lstm ? cp.data_ptr<T>() : nullptr;
+  const T* act_p = act.data_ptr<T>();
+  const T* tc_p = d.lstm ? tc.data_ptr<T>() : nullptr;
+  const T* w_p = wsig.data_ptr<T>();
+  const T* query_p = query.data_ptr<T>();
+  const bool* active_p = active.data_ptr<bool>();
+  const T* qkv_p = d.comm ? qkv.data_ptr<T>() : nullptr;
+  const T* att_p = d.comm ? att.data_ptr<T>() : nullptr;
+  const T* pact_p = d.comm && d.gated ? pact.data_ptr<T>() : nullptr;
+  T* dkeys_p = dkeys.data_ptr<T>();
+  T* dxg_p = dxg.data_ptr<T>();
+  T* dR_p = dR.data_ptr<T>();
+  T* dqkv_p = d.comm ? dqkv.data_ptr<T>() : nullptr;
+  T* dP_p = d.comm ? dP.data_ptr<T>() : nullptr;
+  T* dbih_p = d.lstm ? nullptr : db_ih.data_ptr<T>();
+  T* dh_p = dh.data_ptr<T>();
+  T* dc_p = dc.data_ptr<T>();
+  const T inv_sqrt_e = T(1) / std::sqrt(T(E));
+
+  for (int64_t t = L - 1; t >= 0; --t) {
+    const bool* act_t = active_p + t * K * N;
+    // dh: gradient of the state leaving step t (its output, and what step t+1 read).
+    for (int64_t k = 0; k < K; ++k) {
+      for (int64_t n = 0; n < N; ++n) {
+        const T* g = gout + (t * N + n) * K * H + k * H;
+        T* dst = dh_p + (k * N + n) * H;
+        T* d1 = dh1.data() + (k * N + n) * H;
+        for (int64_t i = 0; i < H; ++i) d1[i] = dst[i] += g[i];
+      }
+    }
+    if (d.comm) {
+      const T* qkv_t = qkv_p + t * K * N * W;
+      for (int64_t k = 0; k < K; ++k) {
+        T* dqkv_kt = dqkv_p + (k * L + t) * N * W;
+        std::fill(dqkv_kt, dqkv_kt + N * W, T(0));
+      }
+      for (int64_t k = 0; k < K; ++k) {
+        // The read of the active rows: h2 = h1 + f(read @ out_w + out_b). dP is kept for
+        // every row (zero where inactive) for the weight gradient, and gathered for dread.
+        int64_t m = 0;
+        for (int64_t n = 0; n < N; ++n) {
+          T* dp = dP_p + ((k * L + t) * N + n) * O;
+          if (!act_t[k * N + n]) {
+            std::fill(dp, dp + O, T(0));
+            continue;
+          }
+          const T* g = dh_p + (k * N + n) * H;
+          if (d.gated) {
+            const T* pa = pact_p + ((t * K + k) * N + n) * 2 * H;
+            #pragma omp simd
+            for (int64_t i = 0; i < H; ++i) {
+              const T to = pa[i], sg = pa[H + i];
+              dp[i] = g[i] * sg * (T(1) - to * to);
+              dp[H + i] = g[i] * to * sg * (T(1) - sg);
+            }
+          } else {
+            std::memcpy(dp, g, H * sizeof(T));
+          }
+          rows[m] = n;
+          std::memcpy(gathered.data() + m * O, dp, O * sizeof(T));
+          ++m;
+        }
+        if (m == 0) continue;
+        mm<T>(false, true, m, R, O, gathered.data(), ow_p + k * R * O, T(0), dread.data());
+        for (int64_t r = 0; r < m; ++r) {
+          const int64_t n = rows[r];
+          for (int64_t a = 0; a < A; ++a) {
+            const T* att_row = att_p + (((t * N + n) * A + a) * K + k) * K;
+            const T* mask_row = comm_mask ? comm_mask + (((t * N + n) * A + a) * K + k) * K : nullptr;
+            const T* dr = dread.data() + r * R + a * V;
+            // The gradient of each (dropped-out) attention weight, and of the values.
+            T total = 0;
+            for (int64_t j = 0; j < K; ++j) {
+              const T mj = mask_row ? mask_row[j] : T(1);
+              const T pd = att_row[j] * mj;
+              T* dv = dqkv_p + ((j * L + t) * N + n) * W + 2 * A * E + a * V;
+              for (int64_t e = 0; e < V; ++e) dv[e] += pd * dr[e];
+              dattd[j] = dot(dr, qkv_t + (j * N + n) * W + 2 * A * E + a * V, V) * mj;
+              total += att_row[j] * dattd[j];
+            }
+            // Softmax and the scaled dot products.
+            const T* q = qkv_t + (k * N + n) * W + a * E;
+            T* dq = dqkv_p + ((k * L + t) * N + n) * W + a * E;
+            for (int64_t j = 0; j < K; ++j) {
+              const T dl = att_row[j] * (dattd[j] - total) * inv_sqrt_e;
+              const T* kk = qkv_t + (j * N + n) * W + A * E + a * E;
+              T* dk = dqkv_p + ((j * L + t) * N + n) * W + A * E + a * E;
+              for (int64_t e = 0; e < E; ++e) {
+                dq[e] += dl * kk[e];
+                dk[e] += dl * q[e];
+              }
+            }
+          }
+        }
+      }
+      for (int64_t k = 0; k < K; ++k) {
+        mm<T>(false, true, N, H, W, dqkv_p + (k * L + t) * N * W, qkvw_p + k * H * W, T(1), dh1.data() + k * N * H);
+      }
+    }
+    // Unit dynamics: h1 = active ? h_new : h, c = active ? c_new : c.
+    for (int64_t k = 0; k < K; ++k) {
+      for (int64_t n = 0; n < N; ++n) {
+        const int64_t kn = k * N + n;
+        const bool on = act_t[kn];
+        const T* g1 = dh1.data() + kn * H;
+        T* gh = dhp.data() + kn * H;
+        T* drow = dR_p + ((k * L + t) * N + n) * GQ;
+        T* dx = dxg_p + ((t * N + n) * K + k) * G;
+        const T* x = xg_p + ((t * N + n) * K + k) * G;
+        const T* a = act_p + ((t * K + k) * N + n) * 4 * H;
+        const T wv = w_p[t * K * N + kn];
+        const T m = in_mask ? in_mask[t * K * N + kn] : T(1);
+        const T wd = wv * m;
+        T dwd = 0;
+        if (!on) {
+          // Inactive: the state passes through; the unit's update and query still got
+          // no gradient except through the score, which top-k does not pass either.
+          std::memcpy(gh, g1, H * sizeof(T));
+          if (d.lstm) std::memcpy(dcp.data() + kn * H, dc_p + kn * H, H * sizeof(T));
+          std::fill(drow, drow + G, T(0));
+          std::fill(dx, dx + G, T(0));
+        } else if (d.lstm) {
+          const T* gc = dc_p + kn * H;
+          const T* cprev = cp_p + ((t * K + k) * N + n) * H;
+          const T* tcs = tc_p + ((t * K + k) * N + n) * H;
+          T* gcp = dcp.data() + kn * H;
+          #pragma omp simd
+          for (int64_t i = 0; i < H; ++i) {
+            const T ig = a[i], fg = a[H + i], og = a[2 * H + i], gg = a[3 * H + i], tcn = tcs[i];
+            const T dcn = gc[i] + g1[i] * og * (T(1) - tcn * tcn);
+            const T dpi = dcn * gg * ig * (T(1) - ig);
+            const T dpf = dcn * cprev[i] * fg * (T(1) - fg);
+            const T dpo = g1[i] * tcn * og * (T(1) - og);
+            const T dpg = dcn * ig * (T(1) - gg * gg);
+            gcp[i] = dcn * fg;
+            gh[i] = 0;
+            drow[i] = dpi, drow[H + i] = dpf, drow[2 * H + i] = dpo, drow[3 * H + i] = dpg;
+          }
+          for (int64_t i = 0; i < G; ++i) {
+            dwd += drow[i] * x[i];
+            dx[i] = wd * drow[i];
+          }
+        } else {
+          const T* hprev = hp_p + ((k * L + t) * N + n) * H;
+          T* gb = dbih_p + k * G;
+          #pragma omp simd
+          for (int64_t i = 0; i < H; ++i) {
+            const T r = a[i], z = a[H + i], nn = a[2 * H + i], hn = a[3 * H + i];
+            const T dpn = g1[i] * (T(1) - z) * (T(1) - nn * nn);
+            const T dpz = g1[i] * (hprev[i] - nn) * z * (T(1) - z);
+            const T dpr = dpn * hn * r * (T(1) - r);
+            gh[i] = g1[i] * z;
+            drow[i] = dpr, drow[H + i] = dpz, drow[2 * H + i] = dpn * r;
+            // The input term's gradient: the same for r and z, dpn for n.
+            dx[i] = dpr, dx[H + i] = dpz, dx[2 * H + i] = dpn;
+          }
+          for (int64_t i = 0; i < G; ++i) {
+            gb[i] += dx[i];
+            dwd += dx[i] * x[i];
+            dx[i] *= wd;
+          }
+        }
+        // Input attention: w = sigmoid(query . key), the query from h (t-1).
+        const T ds = dwd * m * wv * (T(1) - wv);
+        T* dq = drow + G;
+        const T* q = query_p + ((t * K + k) * N + n) * Q;
+        const T* key = keys_p + (t * N + n) * Q;
+        T* dkey = dkeys_p + (t * N + n) * Q;
+        for (int64_t j = 0; j < Q; ++j) {
+          dq[j] = ds * key[j];
+          dkey[j] += ds * q[j];
+        }
+      }
+    }
+    for (int64_t k = 0; k < K; ++k) {
+      mm<T>(false, true, N, H, GQ, dR_p + (k * L + t) * N * GQ, wr_p + k * H * GQ, T(1), dhp.data() + k * N * H);
+    }
+    // The reset before step t: gradient reaches the previous state only where it was kept.
+    for (int64_t k = 0; k < K; ++k) {
+      for (int64_t n = 0; n < N; ++n) {
+        const T kp = keep ? keep[t * N + n] : T(1);
+        const int64_t base = (k * N + n) * H;
+        for (int64_t i = 0; i < H; ++i) dh_p[base + i] = dhp[base + i] * kp;
+        if (d.lstm) {
+          for (int64_t i = 0; i < H; ++i) dc_p[base + i] = dcp[base + i] * kp;
+        }
+      }
+    }
+  }
+  // Weight gradients, summed over steps and samples in one matmul each.
+  Tensor dw_rec = at::bmm(hp.view({K, L * N, H}).transpose(1, 2), dR.view({K, L * N, GQ}));
+  Tensor db_rec = dR.sum({1, 2});
+  Tensor dqkv_w, dout_w, dout_b;
+  if (d.comm) {
+    dqkv_w = at::bmm(h1.view({K, L * N, H}).transpose(1, 2), dqkv.view({K, L * N, W}));
+    dout_w = at::bmm(read.view({K, L * N, R}).transpose(1, 2), dP.view({K, L * N, O}));
+    if (d.gated) dout_b = dP.sum({1, 2});
+  }
+  if (!d.lstm) dc = Tensor();
+  return {dkeys, dxg, dh, dc, dw_rec, db_rec, d.lstm ? Tensor() : db_ih, dqkv_w, dout_w, dout_b};
+}
+
+Dims make_dims(const Tensor& xg, const Tensor& h0, const Tensor& keys, const c10::optional<Tensor>& qkv_w,
+               const c10::optional<Tensor>& out_b, int64_t top_k, bool lstm, int64_t heads, int64_t key_size,
+               int64_t value_size) {
+  Dims d{};
+  d.L = xg.size(0);
+  d.N = xg.size(1);
+  d.K = xg.size(2);
+  d.G = xg.size(3);
+  d.H = h0.size(2);
+  d.Q = keys.size(2);
+  d.top_k = top_k;
+  d.lstm = lstm;
+  d.comm = qkv_w.has_value() && qkv_w->defined();
+  d.gated = out_b.has_value() && out_b->defined();
+  d.A = heads;
+  d.E = key_size;
+  d.V = value_size;
+  d.W = heads * (2 * key_size + value_size);
+  d.R = heads * value_size;
+  d.O = d.gated ? 2 * d.H : d.H;
+  TORCH_CHECK(d.G == (lstm ? 4 : 3) * d.H, "rim_layer: gate width ", d.G, " does not match unit size ", d.H);
+  return d;
+}
+
+Tensor opt(const c10::optional<Tensor>& t) { return t.has_value() ? *t : Tensor(); }
+
+void check_inputs(const std::vector<Tensor>& tensors, const Tensor& like) {
+  for (const auto& t : tensors) {
+    if (!t.defined()) continue;
+    TORCH_CHECK(t.device().is_cpu(), "rim_layer: every tensor must be on the CPU");
+    TORCH_CHECK(t.scalar_type() == like.scalar_type(), "rim_layer: every tensor must have dtype ",
+                like.scalar_type(), ", got ", t.scalar_type());
+    TORCH_CHECK(t.is_contiguous(), "rim_layer: every tensor must be contiguous");
+  }
+}
+
+// keys (L, N, Q); xg (L, N, K, G); h0, c0 (K, N, H); keep (L, N); w_rec (K, H, G+Q);
+// b_rec (K, G+Q); b_ih (K, G) for a GRU; in_mask (L, K, N); qkv_w (K, H, W);
+// out_w (K, R, O); out_b (K, 2H) for the gated read; comm_mask (L, N, A, K, K).
+// Returns output (L, N, K*H), h_n, c_n (K, N, H), active (L, K, N), then what the
+// backward needs.
+std::vector<Tensor> rim_layer_forward(const Tensor& keys, const Tensor& xg, const Tensor& h0, const Tensor& c0,
+                                      const c10::optional<Tensor>& keep, const Tensor& w_rec, const Tensor& b_rec,
+                                      const c10::optional<Tensor>& b_ih, const c10::optional<Tensor>& in_mask,
+                                      const c10::optional<Tensor>& qkv_w, const c10::optional<Tensor>& out_w,
+                                      const c10::optional<Tensor>& out_b, const c10::optional<Tensor>& comm_mask,
+                                      int64_t top_k, bool lstm, int64_t heads, int64_t key_size,
+                                      int64_t value_size) {
+  check_inputs({keys, xg, h0, c0, opt(keep), w_rec, b_rec, opt(b_ih), opt(in_mask), opt(qkv_w), opt(out_w),
+                opt(out_b), opt(comm_mask)},
+               keys);
+  const Dims d = make_dims(xg, h0, keys, qkv_w, out_b, top_k, lstm, heads, key_size, value_size);
+  at::NoGradGuard no_grad;
+  std::vector<Tensor> result;
+  AT_DISPATCH_FLOATING_TYPES(keys.scalar_type(), "rim_layer_forward", [&] {
+    result = forward_impl<scalar_t>(d, keys, xg, h0, c0, opt(keep), w_rec, b_rec, opt(b_ih), opt(in_mask),
+                                    opt(qkv_w), opt(out_w), opt(out_b), opt(comm_mask));
+  });
+  return result;
+}
+
+// Gradients of keys, xg, h0, c0, w_rec, b_rec, b_ih, qkv_w, out_w, out_b (undefined where
+// the input was absent).
+std::vector<Tensor> rim_layer_backward(const Tensor& grad_out, const Tensor& grad_hn, const Tensor& grad_cn,
+                                       const std::vector<Tensor>& saved, const Tensor& keys, const Tensor& xg,
+                                       const Tensor& h0, const c10::optional<Tensor>& keep, const Tensor& w_rec,
+                                       const c10::optional<Tensor>& b_ih, const c10::optional<Tensor>& in_mask,
+                                       const c10::optional<Tensor>& qkv_w, const c10::optional<Tensor>& out_w,
+                                       const c10::optional<Tensor>& out_b, const c10::optional<Tensor>& comm_mask,
+                                       int64_t top_k, bool lstm, int64_t heads, int64_t key_size,
+                                       int64_t value_size) {
+  check_inputs({grad_out, grad_hn, grad_cn}, keys);
+  const Dims d = make_dims(xg, h0, keys, qkv_w, out_b, top_k, lstm, heads, key_size, value_size);
+  at::NoGradGuard no_grad;
+  std::vector<Tensor> result;
+  AT_DISPATCH_FLOATING_TYPES(keys.scalar_type(), "rim_layer_backward", [&] {
+    result = backward_impl<scalar_t>(d, grad_out, grad_hn, grad_cn, saved, keys, xg, opt(keep), w_rec, opt(b_ih),
+                                     opt(in_mask), opt(qkv_w), opt(out_w), opt(comm_mask));
+  });
+  return result;
+}
+
+bool has_blas() { return sgemm_ != nullptr && dgemm_ != nullptr; }
+
+}  // namespace
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("forward", &rim_layer_forward, "one RIM layer over a sequence (CPU)");
+  m.def("backward", &rim_layer_backward, "its gradients");
+  m.def("has_blas", &has_blas, "whether libtorch exports sgemm_/dgemm_");
+}

@@ -1,0 +1,210 @@
+"""The native RIM layer: built on first use, wrapped in an autograd Function.
+
+``csrc/rim_layer.cpp`` runs one RIM layer's time loop, forward and backward, in C++ (see
+its header). It is compiled with ``torch.utils.cpp_extension`` the first time a RIM
+needs it and cached under torch's extension directory (``TORCH_EXTENSIONS_DIR``, by
+default ``~/.cache/torch_extensions``), in a folder named after a hash of the source and
+the torch version, so an edited source or another torch never loads a stale build.
+
+Where it cannot be built (no C++ compiler, no ninja, a torch without an exported BLAS),
+:func:`load` warns once and returns None, and ``RIM(backend="auto")`` runs the PyTorch
+path. ``RIM_AGENTS_NATIVE=0`` in the environment skips the native op without trying.
+
+Symbols as in ``rim.py``: L steps, N batch, K units, H unit size, G gate width, Q query
+width.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import os
+import platform
+import warnings
+from pathlib import Path
+from types import ModuleType
+from typing import Any, NamedTuple
+
+import torch
+from torch import Tensor
+
+SOURCE = Path(__file__).with_name("csrc") / "rim_layer.cpp"
+DTYPES = (torch.float32, torch.float64)
+DISABLE_VARIABLE = "RIM_AGENTS_NATIVE"
+
+
+class NativeUnavailable(RuntimeError):
+    """The native op could not be built or loaded; the message says why."""
+
+
+def _cpu_flags() -> set[str]:
+    """The x86 feature flags of this CPU (Linux), empty where unknown."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return set()
+    line = next((line for line in text.splitlines() if line.startswith("flags")), "")
+    return set(line.partition(":")[2].split())
+
+
+def compile_flags() -> list[str]:
+    """``-O3``, loops free to vectorize, and the vector instructions this CPU has (AVX2 and
+    FMA where present).
+
+    The build is for this machine: its folder name includes these flags, so a cache
+    shared with another CPU builds its own copy instead of loading one it cannot run.
+    """
+    flags = ["-O3", "-fopenmp-simd", "-fno-trapping-math", "-fno-math-errno"]
+    if platform.machine() in ("x86_64", "AMD64") and {"avx2", "fma"} <= _cpu_flags():
+        flags += ["-mavx2", "-mfma"]
+    return flags
+
+
+@functools.cache
+def _build() -> ModuleType:
+    """Compile (or load the cached build of) the extension; NativeUnavailable on failure."""
+    if os.environ.get(DISABLE_VARIABLE, "1") == "0":
+        raise NativeUnavailable(f"{DISABLE_VARIABLE}=0 is set")
+    flags = compile_flags()
+    digest = hashlib.sha256(SOURCE.read_bytes() + torch.__version__.encode() + " ".join(flags).encode())
+    name = f"rim_layer_{digest.hexdigest()[:16]}"
+    try:
+        from torch.utils.cpp_extension import load as load_extension
+
+        module = load_extension(name=name, sources=[str(SOURCE)], extra_cflags=flags, verbose=False)
+    except Exception as error:  # any build failure means: use the PyTorch path
+        reason = str(error).strip().splitlines()[-1] if str(error).strip() else type(error).__name__
+        kind = type(error).__name__
+        raise NativeUnavailable(f"building {SOURCE.name} failed ({kind}: {reason})") from error
+    if not module.has_blas():
+        raise NativeUnavailable("this torch build exports no sgemm_/dgemm_ for the native op to call")
+    return module
+
+
+@functools.cache
+def load() -> ModuleType | None:
+    """The built extension, or None after one warning saying why it is unavailable."""
+    try:
+        return _build()
+    except NativeUnavailable as error:
+        warnings.warn(
+            f"rim_agents: the native RIM op is unavailable, using the PyTorch path: {error}. "
+            f"Install a C++ compiler (g++) and ninja to build it, or set {DISABLE_VARIABLE}=0 to skip it.",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        return None
+
+
+def unavailable_reason() -> str | None:
+    """Why the extension cannot be used here, or None when it can (builds it if needed)."""
+    try:
+        _build()
+    except NativeUnavailable as error:
+        return str(error)
+    return None
+
+
+def unsupported_reason(x: Tensor) -> str | None:
+    """Why an input cannot run natively (device, dtype, compilation), or None."""
+    if x.device.type != "cpu":
+        return f"the native op runs on the CPU only, the input is on {x.device}"
+    if x.dtype not in DTYPES:
+        return f"the native op supports float32 and float64, the input is {x.dtype}"
+    if torch.compiler.is_compiling() or torch.jit.is_tracing():
+        return "the native op is opaque to torch.compile and tracing"
+    return None
+
+
+class LayerConfig(NamedTuple):
+    """The sizes and switches of one layer that are not in its tensors."""
+
+    top_k: int
+    lstm: bool
+    heads: int
+    key_size: int
+    value_size: int
+
+
+class LayerInputs(NamedTuple):
+    """One layer's inputs to the native op; optional parts are None.
+
+    keys ``(L, N, Q)``; gates ``(L, N, K, G)``; h0, c0 ``(K, N, H)``; keep ``(L, N)``;
+    recurrent ``(K, H, G+Q)`` and bias ``(K, G+Q)``; bias_ih ``(K, G)`` (GRU only);
+    in_mask ``(L, K, N)`` and comm_mask ``(L, N, A, K, K)`` (dropout, scaled);
+    qkv ``(K, H, A*(2E+V))``, out ``(K, A*V, H or 2H)``, out_bias ``(K, 2H)`` (gated).
+    """
+
+    keys: Tensor
+    gates: Tensor
+    h0: Tensor
+    c0: Tensor
+    keep: Tensor | None
+    recurrent: Tensor
+    bias: Tensor
+    bias_ih: Tensor | None
+    in_mask: Tensor | None
+    qkv: Tensor | None
+    out: Tensor | None
+    out_bias: Tensor | None
+    comm_mask: Tensor | None
+
+
+class _RimLayer(torch.autograd.Function):
+    """Autograd over the native op: forward saves what the hand-written backward reads."""
+
+    @staticmethod
+    def forward(ctx: Any, config: LayerConfig, *inputs: Tensor | None) -> tuple[Tensor, ...]:  # type: ignore[override]
+        module = _build()
+        args = LayerInputs(*(None if t is None else t.contiguous() for t in inputs))  # type: ignore[arg-type]
+        result = module.forward(*args, *config)
+        output, h_n, c_n, active = result[:4]
+        hp, cp, act, tc, wsig, query, h1, qkv, att, read, pact = result[4:]
+        ctx.config = config
+        ctx.save_for_backward(*args, hp, cp, act, tc, wsig, query, active, h1, qkv, att, read, pact)
+        ctx.mark_non_differentiable(active)
+        return output, h_n, c_n, active
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(
+        ctx: Any, grad_output: Tensor | None, grad_h: Tensor | None, grad_c: Tensor | None, _: Any
+    ) -> tuple[Tensor | None, ...]:
+        saved = ctx.saved_tensors
+        args = LayerInputs(*saved[: len(LayerInputs._fields)])
+        buffers = list(saved[len(LayerInputs._fields) :])
+        zeros = args.h0.new_zeros(args.h0.shape)
+        if grad_output is None:
+            units, batch, size = args.h0.shape
+            grad_output = args.h0.new_zeros(args.keys.shape[0], batch, units * size)
+        grads = _build().backward(
+            grad_output.contiguous(),
+            zeros if grad_h is None else grad_h.contiguous(),
+            zeros if grad_c is None else grad_c.contiguous(),
+            buffers,
+            args.keys,
+            args.gates,
+            args.h0,
+            args.keep,
+            args.recurrent,
+            args.bias_ih,
+            args.in_mask,
+            args.qkv,
+            args.out,
+            args.out_bias,
+            args.comm_mask,
+            *ctx.config,
+        )
+        d_keys, d_gates, d_h0, d_c0, d_rec, d_bias, d_bias_ih, d_qkv, d_out, d_out_bias = grads
+        # Order of LayerInputs; None for keep and the dropout masks.
+        return (
+            *(None, d_keys, d_gates, d_h0, d_c0, None, d_rec, d_bias, d_bias_ih),
+            *(None, d_qkv, d_out, d_out_bias, None),
+        )
+
+
+def run_layer(config: LayerConfig, inputs: LayerInputs) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """One layer over the sequence: ``output (L, N, K*H)``, ``h_n``, ``c_n`` ``(K, N, H)``,
+    ``active (L, K, N)``."""
+    output, h_n, c_n, active = _RimLayer.apply(config, *inputs)
+    return output, h_n, c_n, active

@@ -1,0 +1,208 @@
+"""The native RIM layer (rim_agents/nn/csrc): agreement with the PyTorch path and the plain
+reference, gradcheck, backend selection, and the fallback when it cannot be built."""
+
+from __future__ import annotations
+
+import os
+import random
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+from rim_agents.nn import RIM, native
+from tests.reference_rim import reference_forward
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# The machines this project builds on (CI included) have a C++ compiler: there the native
+# op must build, so a broken build fails here instead of silently falling back.
+pytestmark = pytest.mark.skipif(
+    os.environ.get(native.DISABLE_VARIABLE) == "0", reason=f"{native.DISABLE_VARIABLE}=0"
+)
+
+
+def test_the_extension_builds_here() -> None:
+    assert native.unavailable_reason() is None
+    assert native.load() is not None
+
+
+def _random_config(rng: random.Random) -> dict:
+    num_units = rng.randint(1, 5)
+    communicate = rng.random() < 0.8
+    config = dict(
+        num_units=num_units,
+        unit_size=rng.choice([3, 8, 16]),
+        top_k=rng.randint(1, num_units),
+        num_layers=rng.randint(1, 2),
+        cell=rng.choice(["lstm", "gru"]),
+        input_key_size=rng.choice([4, 6]),
+        input_value_size=rng.choice([5, 10]),
+        input_heads=rng.randint(1, 2),
+        comm_key_size=rng.choice([3, 5]),
+        comm_value_size=rng.choice([4, 7]),
+        comm_heads=rng.randint(1, 3),
+        communicate=communicate,
+    )
+    if communicate:
+        config["comm_read"] = rng.choice(["gated", "linear"])
+    return config
+
+
+def _run(rim: RIM, x, hx, starts, seed: int):
+    """Outputs, states, active units and the gradients of every parameter, the input and hx."""
+    torch.manual_seed(seed)  # the same dropout masks for both backends
+    inputs = [x.clone().requires_grad_(), hx[0].clone().requires_grad_(), hx[1].clone().requires_grad_()]
+    out, (h_n, c_n) = rim(inputs[0], (inputs[1], inputs[2]), episode_starts=starts)
+    loss = out.pow(2).sum() + (h_n * 0.5).sum() + c_n.pow(2).sum()
+    grads = torch.autograd.grad(loss, [*rim.parameters(), *inputs], allow_unused=True)
+    wrt = [*rim.parameters(), *inputs]
+    grads = [torch.zeros_like(p) if g is None else g for p, g in zip(wrt, grads, strict=True)]
+    return out, h_n, c_n, rim.last_active, grads
+
+
+def _close(a, b, what: str) -> None:
+    torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5, msg=lambda m: f"{what}: {m}")
+
+
+@pytest.mark.parametrize("seed", range(24))
+def test_native_matches_the_pytorch_path_for_random_configurations(seed: int) -> None:
+    rng = random.Random(seed)
+    config = _random_config(rng)
+    training = rng.random() < 0.4
+    dropout = dict(input_dropout=0.2, comm_dropout=0.3) if training else {}
+    seq_len, batch, features = rng.randint(1, 9), rng.choice([1, 2, 5]), rng.randint(2, 7)
+    torch.manual_seed(seed)
+    x = torch.randn(seq_len, batch, features)
+    size = config["num_units"] * config["unit_size"]
+    hx = (torch.randn(config["num_layers"], batch, size), torch.randn(config["num_layers"], batch, size))
+    starts = (torch.rand(seq_len, batch) < 0.25).float()
+    starts[0, 0] = 1.0  # an episode start from zero state: every score ties
+
+    results = {}
+    for backend in ("torch", "native"):
+        torch.manual_seed(100 + seed)
+        rim = RIM(features, backend=backend, **config, **dropout).train(training)
+        results[backend] = _run(rim, x, hx, starts, seed)
+    torch_run, native_run = results["torch"], results["native"]
+    assert torch.equal(torch_run[3], native_run[3]), f"active units differ for {config}"
+    for name, a, b in zip(("output", "h_n", "c_n"), torch_run[:3], native_run[:3], strict=True):
+        _close(b, a, f"{name} {config}")
+    names = [name for name, _ in rim.named_parameters()] + ["input", "h_0", "c_0"]
+    for name, a, b in zip(names, torch_run[4], native_run[4], strict=True):
+        _close(b, a, f"grad of {name} {config}")
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+@pytest.mark.parametrize("communication", ["gated", "linear", "off"])
+def test_native_matches_the_plain_reference(cell: str, communication: str) -> None:
+    read = {"comm_read": communication} if communication != "off" else {"communicate": False}
+    torch.manual_seed(0)
+    rim = RIM(5, num_units=4, unit_size=8, top_k=2, num_layers=2, cell=cell, backend="native", **read).eval()
+    x = torch.randn(9, 3, 5)
+    hx = (torch.randn(2, 3, 32), torch.randn(2, 3, 32))
+    starts = torch.zeros(9, 3)
+    starts[0, 1] = starts[4, 0] = 1.0
+    out, (h_n, c_n) = rim(x, hx, episode_starts=starts)
+    loss = out.pow(2).sum() + h_n.sum() + c_n.sum()
+    grads = torch.autograd.grad(loss, list(rim.parameters()))
+    ref_out, (ref_h, ref_c), ref_active = reference_forward(rim, x, hx, episode_starts=starts)
+    ref_loss = ref_out.pow(2).sum() + ref_h.sum() + ref_c.sum()
+    ref_grads = torch.autograd.grad(ref_loss, list(rim.parameters()))
+    assert torch.equal(rim.last_active, ref_active)
+    for name, a, b in (("output", out, ref_out), ("h_n", h_n, ref_h), ("c_n", c_n, ref_c)):
+        _close(a, b, name)
+    for (name, _), a, b in zip(rim.named_parameters(), grads, ref_grads, strict=True):
+        _close(a, b, f"grad of {name}")
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+@pytest.mark.parametrize("comm_read", ["gated", "linear"])
+def test_gradcheck_in_float64(cell: str, comm_read: str) -> None:
+    torch.manual_seed(0)
+    sizes = dict(input_key_size=2, input_value_size=3, comm_key_size=2, comm_value_size=2, comm_heads=2)
+    rim = RIM(3, num_units=3, unit_size=2, top_k=2, cell=cell, comm_read=comm_read, backend="native", **sizes)
+    rim = rim.double().eval()
+    x = torch.randn(4, 2, 3, dtype=torch.float64, requires_grad=True)
+    h0 = torch.randn(1, 2, 6, dtype=torch.float64, requires_grad=True)
+    c0 = torch.randn(1, 2, 6, dtype=torch.float64, requires_grad=True)
+    starts = torch.tensor([[0.0, 0.0], [0.0, 1.0], [0.0, 0.0], [1.0, 0.0]], dtype=torch.float64)
+
+    def function(x, h0, c0, *weights):
+        # Weights as inputs too: functional_call lets gradcheck perturb them.
+        params = dict(zip([name for name, _ in rim.named_parameters()], weights, strict=True))
+        out, (h_n, c_n) = torch.func.functional_call(rim, params, (x, (h0, c0)), {"episode_starts": starts})
+        return out, h_n, c_n
+
+    weights = [p.detach().clone().requires_grad_() for p in rim.parameters()]
+    assert torch.autograd.gradcheck(function, (x, h0, c0, *weights), eps=1e-6, atol=1e-6)
+
+
+def test_auto_uses_the_native_op_on_cpu_and_torch_where_it_cannot(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = []
+    original = native.run_layer
+    monkeypatch.setattr(native, "run_layer", lambda *args: calls.append(1) or original(*args))
+    rim = RIM(4, num_units=3, unit_size=4, top_k=2)
+    rim(torch.randn(3, 2, 4))
+    assert calls == [1]
+    rim.to(torch.bfloat16)(torch.randn(3, 2, 4, dtype=torch.bfloat16))  # unsupported dtype: torch path
+    assert calls == [1]
+    RIM(4, num_units=3, unit_size=4, top_k=2, backend="torch")(torch.randn(3, 2, 4))
+    assert calls == [1]
+
+
+def test_backend_errors_name_the_problem() -> None:
+    expected = r"backend must be one of \['auto', 'native', 'torch'\], got 'c\+\+'"
+    with pytest.raises(ValueError, match=expected):
+        RIM(4, backend="c++")
+    rim = RIM(4, num_units=3, unit_size=4, top_k=2, backend="native").to(torch.bfloat16)
+    with pytest.raises(ValueError, match=r"backend='native' cannot run this call: .*float32 and float64"):
+        rim(torch.randn(3, 2, 4, dtype=torch.bfloat16))
+
+
+FALLBACK_SCRIPT = textwrap.dedent(
+    """
+    import warnings
+    import torch
+    from rim_agents.nn import RIM
+    x = torch.randn(5, 2, 4)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        auto = RIM(4, num_units=3, unit_size=4, top_k=2).eval()
+        out = auto(x)[0]
+        auto(x)  # warns once, not at every call
+    messages = [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)]
+    assert len(messages) == 1, messages
+    print("WARNING:", messages[0])
+    reference = RIM(4, num_units=3, unit_size=4, top_k=2, backend="torch").eval()
+    reference.load_state_dict(auto.state_dict())
+    assert torch.equal(out, reference(x)[0])
+    try:
+        RIM(4, backend="native")
+    except ValueError as error:
+        print("ERROR:", error)
+    else:
+        raise AssertionError("backend='native' did not raise")
+    """
+)
+
+
+@pytest.mark.parametrize("how", ["no compiler", "disabled"])
+def test_without_the_extension_auto_warns_once_and_runs_the_pytorch_path(tmp_path: Path, how: str) -> None:
+    env = {**os.environ, "TORCH_EXTENSIONS_DIR": str(tmp_path / "extensions")}
+    if how == "no compiler":
+        env["CXX"] = str(tmp_path / "no-such-compiler")
+    else:
+        env[native.DISABLE_VARIABLE] = "0"
+    command = [sys.executable, "-c", FALLBACK_SCRIPT]
+    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    warning = result.stdout.split("WARNING:")[1].split("\n")[0]
+    error = result.stdout.split("ERROR:")[1]
+    assert "using the PyTorch path" in warning
+    expected = "failed" if how == "no compiler" else f"{native.DISABLE_VARIABLE}=0"
+    assert expected in warning
+    assert "backend='native' cannot run here" in error and expected in error
