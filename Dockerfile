@@ -12,7 +12,7 @@ FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 OMP_WAIT_POLICY=PASSIVE MPLBACKEND=Agg
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends make \
+    && apt-get install -y --no-install-recommends make g++ \
     && rm -rf /var/lib/apt/lists/*
 
 WORKDIR /app
@@ -23,5 +23,7 @@ RUN python -m venv .venv \
     && .venv/bin/pip install --no-cache-dir torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu \
     && .venv/bin/pip install --no-cache-dir -c requirements/constraints.txt -e '.[dev,sweep]' \
     && touch .venv/.installed
+# Build the native RIM op now (g++ above, ninja from pip), so containers start with it.
+RUN .venv/bin/python -c "from rim_agents.nn import native; r = native.unavailable_reason(); assert r is None, r"
 
 CMD ["make", "main"]

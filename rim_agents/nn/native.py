@@ -16,11 +16,14 @@ width.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import os
 import platform
+import shutil
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 from typing import Any, NamedTuple
@@ -60,6 +63,26 @@ def compile_flags() -> list[str]:
     return flags
 
 
+@contextlib.contextmanager
+def _ninja_on_path() -> Iterator[None]:
+    """torch runs ``ninja`` from PATH; where it is not there, use the pip package's binary
+    (a dependency of this package) for the build, without changing PATH for anything else."""
+    if shutil.which("ninja") is not None:
+        yield
+        return
+    try:
+        import ninja  # type: ignore[import-untyped]
+    except ImportError:
+        yield
+        return
+    previous = os.environ.get("PATH", "")
+    os.environ["PATH"] = os.pathsep.join([ninja.BIN_DIR, previous])
+    try:
+        yield
+    finally:
+        os.environ["PATH"] = previous
+
+
 @functools.cache
 def _build() -> ModuleType:
     """Compile (or load the cached build of) the extension; NativeUnavailable on failure."""
@@ -71,7 +94,8 @@ def _build() -> ModuleType:
     try:
         from torch.utils.cpp_extension import load as load_extension
 
-        module = load_extension(name=name, sources=[str(SOURCE)], extra_cflags=flags, verbose=False)
+        with _ninja_on_path():
+            module = load_extension(name=name, sources=[str(SOURCE)], extra_cflags=flags, verbose=False)
     except Exception as error:  # any build failure means: use the PyTorch path
         reason = str(error).strip().splitlines()[-1] if str(error).strip() else type(error).__name__
         kind = type(error).__name__
