@@ -11,10 +11,11 @@ Three layouts of the same rollout, in this process, interleaved repeat by repeat
 
 For each layout it reports, per epoch, computed slots / real steps and sequential RIM steps
 (the sum of the minibatches' lane lengths), then two times as ratios to sb3-contrib's layout
-(medians over repeats): ``train()`` on one identical rollout from identical weights, and
-``learn()`` for one rollout (collection and training) of the same agent, layouts taking
-turns. The regime is a fresh agent of the YAML block, or a saved agent (``--checkpoint``,
-e.g. one trained by ``make main``, whose episodes are short).
+(medians over repeats, of wall-clock and of this process's CPU time): ``train()`` on one
+identical rollout from identical weights, and ``learn()`` for one rollout (collection and
+training) of the same agent, layouts taking turns. The regime is a fresh agent of the YAML
+block, or a saved agent (``--checkpoint``, e.g. one trained by ``make main``, whose episodes
+are short).
 
     python bench/bench_minibatches.py                                      # fresh, 16 envs, batch 512
     python bench/bench_minibatches.py --checkpoint runs/main/<run>/checkpoints/rl_model_150528_steps.zip
@@ -24,10 +25,12 @@ e.g. one trained by ``make main``, whose episodes are short).
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import statistics
 import sys
 import time
+from collections.abc import Callable
 
 import numpy as np
 import torch as th
@@ -121,6 +124,21 @@ def collect_one_rollout(model: RimPPO) -> None:
     model.collect_rollouts(model.env, callback, model.rollout_buffer, model.n_steps)
 
 
+def timed(function: Callable[[], object]) -> tuple[float, float]:
+    """Wall-clock and this process's CPU seconds of one call (CPU time is what other jobs on a
+    shared machine disturb least)."""
+    wall, cpu = time.perf_counter(), time.process_time()
+    function()
+    return time.perf_counter() - wall, time.process_time() - cpu
+
+
+def ratios(times: list[tuple[float, float]], base: list[tuple[float, float]]) -> str:
+    """Median wall and CPU time of ``times`` over those of ``base``, as ``"0.50x / 0.48x"``."""
+    wall, cpu = (statistics.median(column) for column in zip(*times, strict=True))
+    base_wall, base_cpu = (statistics.median(column) for column in zip(*base, strict=True))
+    return f"{wall / base_wall:.2f}x / {cpu / base_cpu:.2f}x"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -148,7 +166,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"# {' '.join(shlex.quote(a) for a in [sys.executable, *sys.argv])}")
     print(
         f"# {args.env}, {regime}: {config.n_envs} envs x {model.n_steps} steps, batch {model.batch_size}, "
-        f"{model.n_epochs} epochs, torch {th.__version__}, {th.get_num_threads()} thread(s)"
+        f"{model.n_epochs} epochs, torch {th.__version__}, {th.get_num_threads()} thread(s), "
+        f"load average {os.getloadavg()[0]:.2f}"
     )
 
     model.learn(config.n_envs * model.n_steps)  # warm-up: allocations, first-call overheads
@@ -161,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     weights = {k: v.clone() for k, v in model.policy.state_dict().items()}
     optimizer = model.policy.optimizer.state_dict()
     shapes: dict[str, tuple[float, int, int]] = {}
-    train_s: dict[str, list[float]] = {name: [] for name in LAYOUTS}
+    train_s: dict[str, list[tuple[float, float]]] = {name: [] for name in LAYOUTS}
     for repeat in range(args.repeats):
         for name in LAYOUTS:
             model.policy.load_state_dict(weights)
@@ -169,40 +188,32 @@ def main(argv: list[str] | None = None) -> int:
             use_layout(model, name, rollout)
             if repeat == 0:
                 shapes[name] = epoch_shape(model)
-            start = time.perf_counter()
-            model.train()
-            train_s[name].append(time.perf_counter() - start)
+            train_s[name].append(timed(model.train))
 
-    learn_s: dict[str, list[float]] = {name: [] for name in LAYOUTS}
+    learn_s: dict[str, list[tuple[float, float]]] = {name: [] for name in LAYOUTS}
     if not args.no_learn:
         for _ in range(args.repeats):
             for name in LAYOUTS:
                 use_layout(model, name)
-                start = time.perf_counter()
-                model.learn(config.n_envs * model.n_steps, reset_num_timesteps=False)
-                learn_s[name].append(time.perf_counter() - start)
+                learn_s[name].append(
+                    timed(lambda: model.learn(config.n_envs * model.n_steps, reset_num_timesteps=False))
+                )
 
-    base_train = statistics.median(train_s["sb3-contrib"])
     print(
         "| layout | minibatches | slots / real steps | sequential steps per epoch "
-        "| train() time | learn() time per rollout |"
+        "| train() wall / CPU time | learn() wall / CPU time per rollout |"
     )
     print("|---|---|---|---|---|---|")
     for name in LAYOUTS:
         ratio, sequential, minibatches = shapes[name]
-        train = statistics.median(train_s[name]) / base_train
-        learn = "-"
-        if learn_s[name]:
-            learn = f"{statistics.median(learn_s[name]) / statistics.median(learn_s['sb3-contrib']):.2f}x"
-        print(f"| {name} | {minibatches} | {ratio:.2f}x | {sequential} | {train:.2f}x | {learn} |")
-    print(
-        f"# sb3-contrib medians: train() {base_train:.2f} s"
-        + (
-            f", learn() {statistics.median(learn_s['sb3-contrib']):.2f} s per rollout"
-            if learn_s["sb3-contrib"]
-            else ""
-        )
-    )
+        train = ratios(train_s[name], train_s["sb3-contrib"])
+        learn = ratios(learn_s[name], learn_s["sb3-contrib"]) if learn_s[name] else "-"
+        print(f"| {name} | {minibatches} | {ratio:.2f}x | {sequential} | {train} | {learn} |")
+    for what, seconds in (("train()", train_s), ("learn() per rollout", learn_s)):
+        if seconds["sb3-contrib"]:
+            wall, cpu = (statistics.median(column) for column in zip(*seconds["sb3-contrib"], strict=True))
+            print(f"# sb3-contrib medians, {what}: {wall:.2f} s wall, {cpu:.2f} s CPU")
+    print(f"# load average at the end: {os.getloadavg()[0]:.2f}")
     env.close()
     return 0
 
