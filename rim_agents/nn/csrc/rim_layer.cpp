@@ -6,7 +6,7 @@
 // the null-input scores and top-k selection, the LSTM/GRU update of the active units,
 // communication attention and the read of the active units, and the episode resets.
 // The backward runs the same loop in reverse and returns the gradient of every input;
-// weight gradients are summed over the sequence with one batched matmul each.
+// weight gradients are accumulated step by step, so no sequence-long gradient buffers.
 //
 // The matmuls call the BLAS that libtorch_cpu exports (MKL's sgemm_/dgemm_ on x86
 // wheels), declared weak: where a build of torch has none, `has_blas()` is false and the
@@ -21,7 +21,11 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
+#include <map>
+#include <mutex>
+#include <utility>
 #include <vector>
 
 extern "C" {
@@ -110,6 +114,70 @@ inline T dot(const T* a, const T* b, int64_t n) {
   return s;
 }
 
+// Buffers saved for the backward come from a cache of freed blocks. Their shapes recur
+// call after call, and a fresh allocation this large is mapped and page-faulted in each
+// time (measured: about a third of a paper-size forward). Freed blocks are kept up to
+// kCacheLimit bytes; empty_cache() returns them to the system.
+class BlockCache {
+ public:
+  static BlockCache& instance() {
+    static BlockCache* cache = new BlockCache();  // never destroyed: tensors may outlive exit
+    return *cache;
+  }
+
+  // A block of at least `bytes` (at most 25% more), 64-byte aligned, and its size.
+  std::pair<void*, size_t> take(size_t bytes) {
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      auto it = free_.lower_bound(bytes);
+      if (it != free_.end() && it->first <= bytes + bytes / 4) {
+        const auto block = std::make_pair(it->second, it->first);
+        cached_ -= it->first;
+        free_.erase(it);
+        return block;
+      }
+    }
+    const size_t size = (bytes + 63) / 64 * 64;
+    void* data = std::aligned_alloc(64, size);
+    TORCH_CHECK(data != nullptr, "rim_layer: out of memory allocating ", size, " bytes");
+    return {data, size};
+  }
+
+  void give(void* data, size_t size) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (cached_ + size > kCacheLimit) {
+      std::free(data);
+      return;
+    }
+    free_.emplace(size, data);
+    cached_ += size;
+  }
+
+  size_t empty() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    const size_t released = cached_;
+    for (auto& block : free_) std::free(block.second);
+    free_.clear();
+    cached_ = 0;
+    return released;
+  }
+
+ private:
+  static constexpr size_t kCacheLimit = size_t(2) << 30;
+  std::mutex mutex_;
+  std::multimap<size_t, void*> free_;
+  size_t cached_ = 0;
+};
+
+Tensor cached_empty(at::IntArrayRef sizes, const at::TensorOptions& options) {
+  const size_t bytes = c10::multiply_integers(sizes) * options.dtype().itemsize();
+  if (bytes == 0) return at::empty(sizes, options);
+  const auto block = BlockCache::instance().take(bytes);
+  const size_t size = block.second;
+  return at::from_blob(
+      block.first, sizes, [size](void* data) { BlockCache::instance().give(data, size); }, options);
+}
+
 struct Dims {
   int64_t L, N, K, H, G, Q, A, E, V, W, R, O, top_k;
   bool lstm, comm, gated;
@@ -129,19 +197,19 @@ std::vector<Tensor> forward_impl(const Dims& d, const Tensor& keys, const Tensor
   const int64_t L = d.L, N = d.N, K = d.K, H = d.H, G = d.G, Q = d.Q, GQ = G + Q;
   const int64_t A = d.A, E = d.E, V = d.V, W = d.W, R = d.R, O = d.O;
   auto opts = keys.options();
-  Tensor output = at::empty({L, N, K * H}, opts);
-  Tensor hp = at::empty({K, L, N, H}, opts);  // state entering each step, after the reset
-  Tensor cp = at::empty({d.lstm ? L : 0, K, N, H}, opts);
-  Tensor act = at::empty({L, K, N, 4 * H}, opts);  // LSTM i f o g; GRU r z n (W_hn h + b_hn)
-  Tensor tc = at::empty({d.lstm ? L : 0, K, N, H}, opts);  // tanh(c_new)
-  Tensor wsig = at::empty({L, K, N}, opts);                // sigmoid(score), before dropout
-  Tensor query = at::empty({L, K, N, Q}, opts);
-  Tensor active = at::empty({L, K, N}, opts.dtype(at::kBool));
-  Tensor h1 = at::empty({d.comm ? K : 0, L, N, H}, opts);  // communication input
-  Tensor qkv = at::empty({d.comm ? L : 0, K, N, W}, opts);
-  Tensor att = at::empty({d.comm ? L : 0, N, A, K, K}, opts);  // softmax, before dropout
-  Tensor read = at::empty({d.comm ? K : 0, L, N, R}, opts);
-  Tensor pact = at::empty({d.comm && d.gated ? L : 0, K, N, 2 * H}, opts);  // tanh(out), sigmoid(gate)
+  Tensor output = cached_empty({L, N, K * H}, opts);
+  Tensor hp = cached_empty({K, L, N, H}, opts);  // state entering each step, after the reset
+  Tensor cp = cached_empty({d.lstm ? L : 0, K, N, H}, opts);
+  Tensor act = cached_empty({L, K, N, 4 * H}, opts);  // LSTM i f o g; GRU r z n (W_hn h + b_hn)
+  Tensor tc = cached_empty({d.lstm ? L : 0, K, N, H}, opts);  // tanh(c_new)
+  Tensor wsig = cached_empty({L, K, N}, opts);                // sigmoid(score), before dropout
+  Tensor query = cached_empty({L, K, N, Q}, opts);
+  Tensor active = cached_empty({L, K, N}, opts.dtype(at::kBool));
+  Tensor h1 = cached_empty({d.comm ? K : 0, L, N, H}, opts);  // communication input
+  Tensor qkv = cached_empty({d.comm ? L : 0, K, N, W}, opts);
+  Tensor att = cached_empty({d.comm ? L : 0, N, A, K, K}, opts);  // softmax, before dropout
+  Tensor read = cached_empty({d.comm ? K : 0, L, N, R}, opts);
+  Tensor pact = cached_empty({d.comm && d.gated ? L : 0, K, N, 2 * H}, opts);  // tanh(out), sigmoid(gate)
   Tensor h = h0.clone();
   Tensor c = d.lstm ? c0.clone() : at::zeros_like(h0);
   std::vector<T> rbuf(K * N * GQ), score(K * N), pbuf(N * O), gathered(N * R), logits(K);
@@ -350,15 +418,19 @@ std::vector<Tensor> backward_impl(const Dims& d, const Tensor& grad_out_t, const
                &query = saved[5], &active = saved[6], &h1 = saved[7], &qkv = saved[8], &att = saved[9],
                &read = saved[10], &pact = saved[11];
   auto opts = keys.options();
-  Tensor dkeys = at::zeros({L, N, Q}, opts);
-  Tensor dxg = at::empty({L, N, K, G}, opts);
-  Tensor dR = at::empty({K, L, N, GQ}, opts);
-  Tensor dqkv = at::empty({d.comm ? K : 0, L, N, W}, opts);
-  Tensor dP = at::empty({d.comm ? K : 0, L, N, O}, opts);
+  Tensor dkeys = cached_empty({L, N, Q}, opts).zero_();
+  Tensor dxg = cached_empty({L, N, K, G}, opts);
+  // Weight gradients, accumulated step by step (no sequence-long gradient buffers).
+  Tensor dw_rec = at::zeros({K, H, GQ}, opts);
+  Tensor db_rec = at::zeros({K, GQ}, opts);
+  Tensor dqkv_w = d.comm ? at::zeros({K, H, W}, opts) : Tensor();
+  Tensor dout_w = d.comm ? at::zeros({K, R, O}, opts) : Tensor();
+  Tensor dout_b = d.comm && d.gated ? at::zeros({K, O}, opts) : Tensor();
   Tensor db_ih = at::zeros({d.lstm ? 0 : K, G}, opts);
   Tensor dh = grad_hn.clone();
   Tensor dc = d.lstm ? grad_cn.clone() : at::zeros_like(grad_hn);
   std::vector<T> dh1(K * N * H), dhp(K * N * H), dcp(K * N * H), dread(N * R), gathered(N * O), dattd(K);
+  std::vector<T> dRt(K * N * GQ), dqkvt(d.comm ? K * N * W : 0), read_rows(d.comm ? N * R : 0);
   std::vector<int64_t> rows(N);
 
   const T* gout = grad_out_t.data_ptr<T>();
@@ -382,9 +454,15 @@ std::vector<Tensor> backward_impl(const Dims& d, const Tensor& grad_out_t, const
   const T* pact_p = d.comm && d.gated ? pact.data_ptr<T>() : nullptr;
   T* dkeys_p = dkeys.data_ptr<T>();
   T* dxg_p = dxg.data_ptr<T>();
-  T* dR_p = dR.data_ptr<T>();
-  T* dqkv_p = d.comm ? dqkv.data_ptr<T>() : nullptr;
-  T* dP_p = d.comm ? dP.data_ptr<T>() : nullptr;
+  T* dR_p = dRt.data();  // this step's gradient of [hidden gates, query], (K, N, G+Q)
+  T* dqkv_p = d.comm ? dqkvt.data() : nullptr;  // this step's (K, N, W)
+  const T* h1_p = d.comm ? h1.data_ptr<T>() : nullptr;
+  const T* read_p = d.comm ? read.data_ptr<T>() : nullptr;
+  T* dwr_p = dw_rec.data_ptr<T>();
+  T* dbr_p = db_rec.data_ptr<T>();
+  T* dqkvw_p = d.comm ? dqkv_w.data_ptr<T>() : nullptr;
+  T* dow_p = d.comm ? dout_w.data_ptr<T>() : nullptr;
+  T* dob_p = d.comm && d.gated ? dout_b.data_ptr<T>() : nullptr;
   T* dbih_p = d.lstm ? nullptr : db_ih.data_ptr<T>();
   T* dh_p = dh.data_ptr<T>();
   T* dc_p = dc.data_ptr<T>();
@@ -404,23 +482,19 @@ std::vector<Tensor> backward_impl(const Dims& d, const Tensor& grad_out_t, const
     if (d.comm) {
       const T* qkv_t = qkv_p + t * K * N * W;
       for (int64_t k = 0; k < K; ++k) {
-        T* dqkv_kt = dqkv_p + (k * L + t) * N * W;
+        T* dqkv_kt = dqkv_p + k * N * W;
         std::fill(dqkv_kt, dqkv_kt + N * W, T(0));
       }
       for (int64_t k = 0; k < K; ++k) {
-        // The read of the active rows: h2 = h1 + f(read @ out_w + out_b). dP is kept for
-        // every row (zero where inactive) for the weight gradient, and gathered for dread.
+        // The read of the active rows: h2 = h1 + f(read @ out_w + out_b), gathered.
         int64_t m = 0;
         for (int64_t n = 0; n < N; ++n) {
-          T* dp = dP_p + ((k * L + t) * N + n) * O;
-          if (!act_t[k * N + n]) {
-            std::fill(dp, dp + O, T(0));
-            continue;
-          }
+          if (!act_t[k * N + n]) continue;
           const T* g = dh_p + (k * N + n) * H;
+          T* dp = gathered.data() + m * O;
           if (d.gated) {
             const T* pa = pact_p + ((t * K + k) * N + n) * 2 * H;
-            #pragma omp simd
+#pragma omp simd
             for (int64_t i = 0; i < H; ++i) {
               const T to = pa[i], sg = pa[H + i];
               dp[i] = g[i] * sg * (T(1) - to * to);
@@ -429,11 +503,17 @@ std::vector<Tensor> backward_impl(const Dims& d, const Tensor& grad_out_t, const
           } else {
             std::memcpy(dp, g, H * sizeof(T));
           }
+          std::memcpy(read_rows.data() + m * R, read_p + ((k * L + t) * N + n) * R, R * sizeof(T));
           rows[m] = n;
-          std::memcpy(gathered.data() + m * O, dp, O * sizeof(T));
           ++m;
         }
         if (m == 0) continue;
+        mm<T>(true, false, R, O, m, read_rows.data(), gathered.data(), T(1), dow_p + k * R * O);
+        if (d.gated) {
+          for (int64_t r = 0; r < m; ++r) {
+            for (int64_t i = 0; i < O; ++i) dob_p[k * O + i] += gathered[r * O + i];
+          }
+        }
         mm<T>(false, true, m, R, O, gathered.data(), ow_p + k * R * O, T(0), dread.data());
         for (int64_t r = 0; r < m; ++r) {
           const int64_t n = rows[r];
@@ -446,18 +526,18 @@ std::vector<Tensor> backward_impl(const Dims& d, const Tensor& grad_out_t, const
             for (int64_t j = 0; j < K; ++j) {
               const T mj = mask_row ? mask_row[j] : T(1);
               const T pd = att_row[j] * mj;
-              T* dv = dqkv_p + ((j * L + t) * N + n) * W + 2 * A * E + a * V;
+              T* dv = dqkv_p + (j * N + n) * W + 2 * A * E + a * V;
               for (int64_t e = 0; e < V; ++e) dv[e] += pd * dr[e];
               dattd[j] = dot(dr, qkv_t + (j * N + n) * W + 2 * A * E + a * V, V) * mj;
               total += att_row[j] * dattd[j];
             }
             // Softmax and the scaled dot products.
             const T* q = qkv_t + (k * N + n) * W + a * E;
-            T* dq = dqkv_p + ((k * L + t) * N + n) * W + a * E;
+            T* dq = dqkv_p + (k * N + n) * W + a * E;
             for (int64_t j = 0; j < K; ++j) {
               const T dl = att_row[j] * (dattd[j] - total) * inv_sqrt_e;
               const T* kk = qkv_t + (j * N + n) * W + A * E + a * E;
-              T* dk = dqkv_p + ((j * L + t) * N + n) * W + A * E + a * E;
+              T* dk = dqkv_p + (j * N + n) * W + A * E + a * E;
               for (int64_t e = 0; e < E; ++e) {
                 dq[e] += dl * kk[e];
                 dk[e] += dl * q[e];
@@ -467,7 +547,8 @@ std::vector<Tensor> backward_impl(const Dims& d, const Tensor& grad_out_t, const
         }
       }
       for (int64_t k = 0; k < K; ++k) {
-        mm<T>(false, true, N, H, W, dqkv_p + (k * L + t) * N * W, qkvw_p + k * H * W, T(1), dh1.data() + k * N * H);
+        mm<T>(false, true, N, H, W, dqkv_p + k * N * W, qkvw_p + k * H * W, T(1), dh1.data() + k * N * H);
+        mm<T>(true, false, H, W, N, h1_p + (k * L + t) * N * H, dqkv_p + k * N * W, T(1), dqkvw_p + k * H * W);
       }
     }
     // Unit dynamics: h1 = active ? h_new : h, c = active ? c_new : c.
@@ -477,7 +558,7 @@ std::vector<Tensor> backward_impl(const Dims& d, const Tensor& grad_out_t, const
         const bool on = act_t[kn];
         const T* g1 = dh1.data() + kn * H;
         T* gh = dhp.data() + kn * H;
-        T* drow = dR_p + ((k * L + t) * N + n) * GQ;
+        T* drow = dR_p + (k * N + n) * GQ;
         T* dx = dxg_p + ((t * N + n) * K + k) * G;
         const T* x = xg_p + ((t * N + n) * K + k) * G;
         const T* a = act_p + ((t * K + k) * N + n) * 4 * H;
@@ -546,7 +627,14 @@ std::vector<Tensor> backward_impl(const Dims& d, const Tensor& grad_out_t, const
       }
     }
     for (int64_t k = 0; k < K; ++k) {
-      mm<T>(false, true, N, H, GQ, dR_p + (k * L + t) * N * GQ, wr_p + k * H * GQ, T(1), dhp.data() + k * N * H);
+      mm<T>(false, true, N, H, GQ, dR_p + k * N * GQ, wr_p + k * H * GQ, T(1), dhp.data() + k * N * H);
+      mm<T>(true, false, H, GQ, N, hp_p + (k * L + t) * N * H, dR_p + k * N * GQ, T(1), dwr_p + k * H * GQ);
+      for (int64_t n = 0; n < N; ++n) {
+        const T* drow = dR_p + (k * N + n) * GQ;
+        T* db = dbr_p + k * GQ;
+#pragma omp simd
+        for (int64_t i = 0; i < GQ; ++i) db[i] += drow[i];
+      }
     }
     // The reset before step t: gradient reaches the previous state only where it was kept.
     for (int64_t k = 0; k < K; ++k) {
@@ -559,15 +647,6 @@ std::vector<Tensor> backward_impl(const Dims& d, const Tensor& grad_out_t, const
         }
       }
     }
-  }
-  // Weight gradients, summed over steps and samples in one matmul each.
-  Tensor dw_rec = at::bmm(hp.view({K, L * N, H}).transpose(1, 2), dR.view({K, L * N, GQ}));
-  Tensor db_rec = dR.sum({1, 2});
-  Tensor dqkv_w, dout_w, dout_b;
-  if (d.comm) {
-    dqkv_w = at::bmm(h1.view({K, L * N, H}).transpose(1, 2), dqkv.view({K, L * N, W}));
-    dout_w = at::bmm(read.view({K, L * N, R}).transpose(1, 2), dP.view({K, L * N, O}));
-    if (d.gated) dout_b = dP.sum({1, 2});
   }
   if (!d.lstm) dc = Tensor();
   return {dkeys, dxg, dh, dc, dw_rec, db_rec, d.lstm ? Tensor() : db_ih, dqkv_w, dout_w, dout_b};
@@ -657,10 +736,13 @@ std::vector<Tensor> rim_layer_backward(const Tensor& grad_out, const Tensor& gra
 
 bool has_blas() { return sgemm_ != nullptr && dgemm_ != nullptr; }
 
+int64_t empty_cache() { return static_cast<int64_t>(BlockCache::instance().empty()); }
+
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("forward", &rim_layer_forward, "one RIM layer over a sequence (CPU)");
   m.def("backward", &rim_layer_backward, "its gradients");
   m.def("has_blas", &has_blas, "whether libtorch exports sgemm_/dgemm_");
+  m.def("empty_cache", &empty_cache, "free the cached saved-buffer blocks; returns the bytes freed");
 }
