@@ -321,3 +321,32 @@ def test_state_of_the_wrong_shape_is_rejected(which):
 def test_episode_starts_of_the_wrong_shape_is_rejected():
     with pytest.raises(ValueError, match=r"episode_starts must have shape \(L, N\)=\(4, 3\), got \(3, 4\)"):
         small_rim()(torch.randn(4, 3, 5), episode_starts=torch.zeros(3, 4))
+
+
+@pytest.mark.parametrize("backend", ["native", "torch"])
+def test_calls_without_autograd_see_every_weight_change(backend):
+    # Rollouts reuse the composed weights between calls; any change of the weights must show.
+    rim = small_rim(backend=backend)
+    x = torch.randn(1, 3, 5)
+
+    def without_grad(module: RIM) -> torch.Tensor:
+        with torch.no_grad():
+            return module(x)[0]
+
+    before = without_grad(rim)
+    optimizer = torch.optim.SGD(rim.parameters(), lr=0.5)
+    rim(torch.randn(4, 3, 5))[0].pow(2).sum().backward()
+    optimizer.step()
+    after = without_grad(rim)
+    assert not torch.allclose(before, after)
+    torch.testing.assert_close(after, rim(x)[0].detach(), atol=1e-6, rtol=1e-6)
+
+    other = small_rim(backend=backend)
+    torch.nn.init.normal_(other.layers[0].weight_ih)
+    rim.load_state_dict(other.state_dict())
+    torch.testing.assert_close(without_grad(rim), without_grad(other), atol=0, rtol=0)
+
+    double = rim.double()
+    with torch.no_grad():
+        out = double(x.double())[0]
+    torch.testing.assert_close(out, double(x.double())[0].detach(), atol=1e-12, rtol=1e-12)

@@ -111,6 +111,7 @@ class RIMCell(nn.Module):
         self.weight_hh = nn.Parameter(uniform_(torch.empty(num_units, unit_size, gates), unit_size))
         self.bias_ih = nn.Parameter(uniform_(torch.empty(num_units, gates), unit_size))
         self.bias_hh = nn.Parameter(uniform_(torch.empty(num_units, gates), unit_size))
+        self._inference_cache: tuple[tuple, Tensor, StepWeights] | None = None
         self.communication = (
             CommunicationAttention(
                 num_units, unit_size, comm_key_size, comm_value_size, comm_heads, comm_dropout, comm_read
@@ -119,10 +120,11 @@ class RIMCell(nn.Module):
             else None
         )
 
-    def prepare(self, x: Tensor) -> PreparedInput:
+    def prepare(self, x: Tensor, composed: Tensor | None = None) -> PreparedInput:
         """Everything that depends only on the input, for all ``l`` steps in two matmuls.
 
         :param x: ``(l, n, d)``.
+        :param composed: :meth:`composed_input_weight` when the caller already has it.
 
         A unit's read is ``w * (x @ W_v)`` with a scalar attention weight ``w``, and
         nothing non-linear sits between the value projection and the gates, so the
@@ -135,14 +137,40 @@ class RIMCell(nn.Module):
         flat = x.reshape(l * n, d)
         keys = self.input_attention.keys(flat).view(l, n, -1)
         value_weight = self.input_attention.value_weight
-        if d <= l * n:
-            # (d, v) @ (k, v, g) -> (d, k*g): then one GEMM over all steps and units.
-            composed = rearrange(torch.matmul(value_weight, self.weight_ih), "k d g -> d (k g)")
+        if composed is None and d <= l * n:
+            composed = self.composed_input_weight()
+        if composed is not None:
             gates = (flat @ composed).view(l, n, k, -1)  # (l n) (k g) -> l n k g
         else:
             gates = torch.matmul(flat @ value_weight, self.weight_ih)  # k (l n) g
             gates = gates.transpose(0, 1).reshape(l, n, k, -1)  # -> l n k g
         return PreparedInput(keys, gates)
+
+    def composed_input_weight(self) -> Tensor:
+        """``W_v @ W_ih`` of every unit side by side, ``(d, k*g)``: the input-to-gate map of
+        a unit that reads with weight 1, one GEMM over all steps and units."""
+        value_weight = self.input_attention.value_weight
+        return rearrange(torch.matmul(value_weight, self.weight_ih), "k d g -> d (k g)")
+
+    def inference_weights(self) -> tuple[Tensor, StepWeights]:
+        """:meth:`composed_input_weight` and :meth:`step_weights` for calls without autograd.
+
+        A rollout calls the RIM once per environment step with the same weights, so these
+        are kept and rebuilt only when a parameter they use has changed: another tensor
+        (``.to()``, a new Parameter) or an in-place update (optimizer steps and
+        ``load_state_dict`` bump a tensor's version counter).
+        """
+        attention = self.input_attention
+        used = (attention.value_weight, attention.query_weight, self.weight_ih, self.weight_hh)
+        key = tuple((id(p), p.data_ptr(), p._version) for p in (*used, self.bias_ih, self.bias_hh))
+        if self._inference_cache is None or self._inference_cache[0] != key:
+            with torch.no_grad():
+                self._inference_cache = (key, self.composed_input_weight(), self.step_weights())
+        return self._inference_cache[1], self._inference_cache[2]
+
+    def _apply(self, fn, recurse=True):  # type: ignore[no-untyped-def]
+        self._inference_cache = None  # .to(), .double(), ...: never reuse weights of another copy
+        return super()._apply(fn, recurse)
 
     def dropout_masks(self, seq_len: int, batch: int, like: Tensor) -> DropoutMasks:
         """Draw the attention dropout masks of a training call (see :class:`DropoutMasks`)."""

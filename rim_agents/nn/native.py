@@ -230,5 +230,20 @@ class _RimLayer(torch.autograd.Function):
 def run_layer(config: LayerConfig, inputs: LayerInputs) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """One layer over the sequence: ``output (L, N, K*H)``, ``h_n``, ``c_n`` ``(K, N, H)``,
     ``active (L, K, N)``."""
-    output, h_n, c_n, active = _RimLayer.apply(config, *inputs)
+    if torch.is_grad_enabled():
+        output, h_n, c_n, active = _RimLayer.apply(config, *inputs)
+    else:  # no graph to record: skip the autograd Function's bookkeeping
+        contiguous = (None if t is None else t.contiguous() for t in inputs)
+        output, h_n, c_n, active = _build().forward(*contiguous, *config)[:4]
     return output, h_n, c_n, active
+
+
+def empty_cache() -> int:
+    """Free the blocks the native op keeps for its saved buffers; the bytes freed.
+
+    Buffers saved for the backward are reused call after call (the same shapes recur, and
+    fresh memory of this size is page-faulted in every time); up to 2 GiB of freed blocks
+    are kept. Like ``torch.cuda.empty_cache``, this returns them to the system.
+    """
+    module = load()
+    return 0 if module is None else int(module.empty_cache())

@@ -287,7 +287,12 @@ class RIM(nn.Module):
             c = hx[1][index].view(batch, self.num_units, self.unit_size).transpose(0, 1)
             if self.cell == "gru":
                 c = torch.zeros_like(h)
-            x, h, c, active = run_layer(layer, layer.prepare(x), layer.step_weights(), h, c, keep, dropout)
+            if torch.is_grad_enabled():
+                prepared, weights = layer.prepare(x), layer.step_weights()
+            else:  # rollouts: the same weights step after step
+                composed, weights = layer.inference_weights()
+                prepared = layer.prepare(x, composed)
+            x, h, c, active = run_layer(layer, prepared, weights, h, c, keep, dropout)
             h_out.append(h.transpose(0, 1).reshape(batch, self.hidden_size))  # k n h -> n (k h)
             c_out.append(c.transpose(0, 1).reshape(batch, self.hidden_size))
             masks.append(active)
