@@ -1,24 +1,28 @@
 """RIM vs torch.nn.LSTM speed, measured side by side in one process.
 
-Reproduce (CPU):  OMP_WAIT_POLICY=PASSIVE .venv/bin/python bench/bench_rim.py
+Reproduce (CPU):  OMP_WAIT_POLICY=PASSIVE .venv/bin/python bench/bench_rim.py --threads 1
+                  OMP_WAIT_POLICY=PASSIVE .venv/bin/python bench/bench_rim.py --threads 2
           (GPU):  .venv/bin/python bench/bench_rim.py --device cuda
 
-Three shapes:
-  paper     forward+backward of a whole sequence, N=64, L=100, D=32, 6 units x 100, k=4
-            (the copying-task size of the paper's Table 1) against nn.LSTM(32, 600) and a
-            Python loop of nn.LSTMCell(32, 600);
-  rollout   one RecurrentPPO rollout step, N=8, L=1, D=64, inference (no_grad);
-  train     one RecurrentPPO training batch, N=32 sequences, L=128, D=64, forward+backward,
-            with episode resets inside the sequences. nn.LSTM cannot reset inside one call:
-            sb3-contrib then loops over steps (``lstm-loop``); ``lstm-noreset`` is one
-            nn.LSTM call that ignores the resets, a lower bound no reset-aware LSTM beats.
+Cases (the RL sizes are the project YAML's MiniGrid RIM, 4 units x 32, k=2):
+  paper       forward+backward of a whole sequence, N=64, L=100, D=32, 6 units x 100, k=4
+              (the copying-task size of the paper's Table 1) against nn.LSTM(32, 600) and a
+              Python loop of nn.LSTMCell(32, 600);
+  rl-train    an RL training batch, N=16 sequences, L=64, D=64, 4x32 k=2, forward+backward
+              with episode resets inside the sequences, against nn.LSTM(64, 128) run over
+              the batch without resets (``lstm-loop``: the per-step loop sb3-contrib needs
+              to honour them);
+  rl-rollout  one rollout step, N=16, L=1, D=64, 4x32 k=2, inference, vs nn.LSTM(64, 128);
+  rollout     one rollout step of the paper-size RIM, N=8, L=1, D=64, vs nn.LSTM(64, 600);
+  train       a long training batch of the paper-size RIM, N=32, L=128, D=64, with resets.
 
-Each case also times the RIM with ``comm_read="linear"`` (the paper's plain residual read)
-beside the default gated read, to show what bounding the state costs.
-
-Every variant runs once to warm up, then the variants are timed in turns (interleaved,
-so machine noise hits all alike) and the median of ``--repeats`` runs is reported, with
-the ratio to nn.LSTM. Ratios, not absolute times, are what carry across machines.
+Each case times the RIM on its default backend (``RIM``: the native op on CPU where it
+builds), on the PyTorch path (``RIM, torch``), and with the paper's linear communication
+read (``RIM, linear read``). Every variant runs once to warm up, then the variants are
+timed in turns (interleaved, so machine noise hits all alike) and the median of
+``--repeats`` runs is reported with the ratio to nn.LSTM. The last table compares the
+default RIM's ratios with the targets of the fused-operator issue. Ratios, not absolute
+times, are what carry across machines.
 """
 
 from __future__ import annotations
@@ -34,10 +38,18 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from rim_agents.nn import RIM
+from rim_agents.nn import RIM, native
 
 Case = Callable[[], None]
-CASES = ["paper", "rollout", "train"]
+CASES = ["paper", "rl-train", "rl-rollout", "rollout", "train"]
+# (row name, backend, communication read) of the RIM variants timed in every case.
+VARIANTS = [
+    ("RIM", "auto", "gated"),
+    ("RIM, torch", "torch", "gated"),
+    ("RIM, linear read", "auto", "linear"),
+]
+# Ratio of the default RIM to nn.LSTM: (must, goal), from the fused-operator issue.
+TARGETS = {"rl-train": (2.0, 1.0), "rl-rollout": (1.5, 1.0), "paper": (1.0, 0.8)}
 
 
 def synchronize(device: torch.device) -> None:
@@ -97,12 +109,50 @@ def measure(cases: dict[str, Case], repeats: int, device: torch.device) -> dict[
     return {name: statistics.median(values) for name, values in times.items()}
 
 
-def report(title: str, medians: dict[str, float], baseline: str, unit: str) -> None:
+def report(title: str, medians: dict[str, float], baseline: str, unit: str) -> float:
+    """Print the table of one case; return the default RIM's ratio to ``baseline``."""
     print(f"\n## {title}")
     print(f"| variant | median {unit} | ratio to {baseline} |")
     print("|---|---|---|")
     for name, seconds in medians.items():
         print(f"| {name} | {seconds * 1e3:.1f} ms | {seconds / medians[baseline]:.2f} |")
+    return medians["RIM"] / medians[baseline]
+
+
+def rim(input_size: int, size: tuple[int, int, int], device: torch.device, backend: str, **kwargs) -> RIM:
+    units, unit_size, top_k = size
+    return RIM(input_size, num_units=units, unit_size=unit_size, top_k=top_k, backend=backend, **kwargs).to(
+        device
+    )
+
+
+def training_cases(
+    size: tuple[int, int, int],
+    lstm: nn.LSTM,
+    x: torch.Tensor,
+    starts: torch.Tensor | None,
+    device: torch.device,
+) -> dict[str, Case]:
+    """Forward+backward of the RIM on each backend (and with the linear read) beside nn.LSTM."""
+    kwargs = {} if starts is None else {"episode_starts": starts}
+    cases = {"nn.LSTM": backward_case(lambda: lstm(x)[0], list(lstm.parameters()))}
+    for name, backend, read in VARIANTS:
+        module = rim(x.shape[-1], size, device, backend, comm_read=read)
+        cases[name] = backward_case(lambda m=module: m(x, **kwargs)[0], list(module.parameters()))
+    return cases
+
+
+def rollout_cases(
+    size: tuple[int, int, int], lstm: nn.LSTM, x: torch.Tensor, steps: int, device: torch.device
+) -> dict[str, Case]:
+    """``steps`` inference calls of one step each, carrying no state (the cost per call)."""
+    batch, hidden = x.shape[1], lstm.hidden_size
+    state = (torch.zeros(1, batch, hidden, device=device),) * 2
+    cases = {"nn.LSTM": inference_case(lambda: lstm(x, state)[0], steps)}
+    for name, backend, read in VARIANTS:
+        module = rim(x.shape[-1], size, device, backend, comm_read=read).eval()
+        cases[name] = inference_case(lambda m=module: m(x, state)[0], steps)
+    return cases
 
 
 def main() -> None:
@@ -112,9 +162,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--repeats", type=int, default=7, help="timed runs per variant (median reported)")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
-    parser.add_argument(
-        "--cases", nargs="+", default=["paper", "rollout", "train"], choices=["paper", "rollout", "train"]
-    )
+    parser.add_argument("--cases", nargs="+", default=CASES, choices=CASES)
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -125,53 +173,63 @@ def main() -> None:
     threads = torch.get_num_threads()
     print(f"torch {torch.__version__}, {device}, {threads} threads, OMP_WAIT_POLICY={omp}, {cpu}")
     print("command: OMP_WAIT_POLICY=PASSIVE python " + " ".join(sys.argv))
+    if device.type == "cpu" and native.load() is None:
+        print(f"native op unavailable ({native.unavailable_reason()}): the native rows run the PyTorch path")
+    ratios: dict[str, float] = {}
 
     if "paper" in args.cases:
         x = torch.randn(100, 64, 32, device=device)
-        rim = RIM(32, num_units=6, unit_size=100, top_k=4).to(device)
-        linear = RIM(32, num_units=6, unit_size=100, top_k=4, comm_read="linear").to(device)
-        lstm = nn.LSTM(32, 600).to(device)
+        cases = training_cases((6, 100, 4), nn.LSTM(32, 600).to(device), x, None, device)
         cell = nn.LSTMCell(32, 600).to(device)
-        cases = {
-            "nn.LSTM": backward_case(lambda: lstm(x)[0], list(lstm.parameters())),
-            "RIM": backward_case(lambda: rim(x)[0], list(rim.parameters())),
-            "RIM, linear read": backward_case(lambda: linear(x)[0], list(linear.parameters())),
-            "nn.LSTMCell loop": backward_case(lambda: lstm_cell_loop(cell, x), list(cell.parameters())),
-        }
-        title = "paper size: forward+backward, N=64 L=100 D=32, 6x100 k=4 vs 600"
-        report(title, measure(cases, args.repeats, device), "nn.LSTM", "per sequence batch")
+        cases["nn.LSTMCell loop"] = backward_case(lambda: lstm_cell_loop(cell, x), list(cell.parameters()))
+        title = "paper size: forward+backward, N=64 L=100 D=32, 6x100 k=4 vs nn.LSTM(32, 600)"
+        ratios["paper"] = report(title, measure(cases, args.repeats, device), "nn.LSTM", "per sequence batch")
+
+    if "rl-train" in args.cases:
+        x = torch.randn(64, 16, 64, device=device)
+        starts = (torch.rand(64, 16, device=device) < 0.05).float()
+        lstm = nn.LSTM(64, 128).to(device)
+        cases = training_cases((4, 32, 2), lstm, x, starts, device)
+        cases["lstm-loop"] = backward_case(lambda: lstm_reset_loop(lstm, x, starts), list(lstm.parameters()))
+        title = f"RL training shape: forward+backward, N=16 L=64 D=64, 4x32 k=2, {int(starts.sum())} resets"
+        ratios["rl-train"] = report(title, measure(cases, args.repeats, device), "nn.LSTM", "per batch")
+
+    if "rl-rollout" in args.cases:
+        steps = 100
+        x = torch.randn(1, 16, 64, device=device)
+        cases = rollout_cases((4, 32, 2), nn.LSTM(64, 128).to(device).eval(), x, steps, device)
+        title = f"RL rollout step: inference, N=16 L=1 D=64, 4x32 k=2 ({steps} steps per run)"
+        ratios["rl-rollout"] = report(
+            title, measure(cases, args.repeats, device), "nn.LSTM", f"per {steps} steps"
+        )
 
     if "rollout" in args.cases:
         steps = 100
         x = torch.randn(1, 8, 64, device=device)
-        rim = RIM(64, num_units=6, unit_size=100, top_k=4).to(device).eval()
-        linear = RIM(64, num_units=6, unit_size=100, top_k=4, comm_read="linear").to(device).eval()
-        lstm = nn.LSTM(64, 600).to(device).eval()
-        rim_state = (torch.zeros(1, 8, 600, device=device),) * 2
-        cases = {
-            "nn.LSTM": inference_case(lambda: lstm(x, rim_state)[0], steps),
-            "RIM": inference_case(lambda: rim(x, rim_state)[0], steps),
-            "RIM, linear read": inference_case(lambda: linear(x, rim_state)[0], steps),
-        }
-        title = f"rollout step: inference, N=8 L=1 D=64 ({steps} steps per run)"
-        report(title, measure(cases, args.repeats, device), "nn.LSTM", f"per {steps} steps")
+        cases = rollout_cases((6, 100, 4), nn.LSTM(64, 600).to(device).eval(), x, steps, device)
+        title = f"rollout step, paper-size RIM: inference, N=8 L=1 D=64, 6x100 k=4 ({steps} steps per run)"
+        ratios["rollout"] = report(
+            title, measure(cases, args.repeats, device), "nn.LSTM", f"per {steps} steps"
+        )
 
     if "train" in args.cases:
         x = torch.randn(128, 32, 64, device=device)
         starts = (torch.rand(128, 32, device=device) < 0.02).float()
-        rim = RIM(64, num_units=6, unit_size=100, top_k=4).to(device)
-        linear = RIM(64, num_units=6, unit_size=100, top_k=4, comm_read="linear").to(device)
         lstm = nn.LSTM(64, 600).to(device)
-        cases = {
-            "lstm-noreset": backward_case(lambda: lstm(x)[0], list(lstm.parameters())),
-            "RIM": backward_case(lambda: rim(x, episode_starts=starts)[0], list(rim.parameters())),
-            "RIM, linear read": backward_case(
-                lambda: linear(x, episode_starts=starts)[0], list(linear.parameters())
-            ),
-            "lstm-loop": backward_case(lambda: lstm_reset_loop(lstm, x, starts), list(lstm.parameters())),
-        }
-        title = f"training batch: forward+backward, N=32 L=128 D=64, {int(starts.sum())} resets"
-        report(title, measure(cases, args.repeats, device), "lstm-noreset", "per batch")
+        cases = training_cases((6, 100, 4), lstm, x, starts, device)
+        cases["lstm-loop"] = backward_case(lambda: lstm_reset_loop(lstm, x, starts), list(lstm.parameters()))
+        title = (
+            f"training batch, paper-size RIM: forward+backward, N=32 L=128 D=64, {int(starts.sum())} resets"
+        )
+        ratios["train"] = report(title, measure(cases, args.repeats, device), "nn.LSTM", "per batch")
+
+    print("\n## targets (issue: fused RIM operator), RIM default backend / nn.LSTM")
+    print("| case | ratio | must | goal | must holds |")
+    print("|---|---|---|---|---|")
+    for case, ratio in ratios.items():
+        if case in TARGETS:
+            must, goal = TARGETS[case]
+            print(f"| {case} | {ratio:.2f} | <= {must} | <= {goal} | {'yes' if ratio <= must else 'NO'} |")
 
 
 if __name__ == "__main__":
