@@ -75,6 +75,15 @@ def test_packing_opens_a_lane_per_continuing_piece_then_fills_first_fit_longest_
     assert column.tolist() == [0, 0, 0, 3, 2]
 
 
+def test_the_example_of_docs_minibatches_packs_as_drawn() -> None:
+    # env 0: a a a | b b b b b    env 1: c c c c c | d d | e
+    starts = np.zeros((2, 8), dtype=np.float32)
+    starts[0, 3] = starts[1, 5] = starts[1, 7] = 1.0
+    names = np.array(list("aaabbbbbcccccdde."))
+    (layout,) = lane_layout(starts, batch_size=None)
+    assert ["".join(lane) for lane in names[layout]] == ["ccccc", "aaadd", "bbbbb", "e...."]
+
+
 def test_short_episodes_pack_into_lanes_of_the_longest_piece_with_little_waste() -> None:
     # 16 envs x 64 steps of episodes about 5 steps long (a learned MiniGrid agent's), the
     # YAML's batch of 512: lanes as long as the longest piece, several episodes in each.
