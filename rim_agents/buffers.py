@@ -1,8 +1,9 @@
 """Rollout buffers for RIM policies: minibatches of whole episodes packed into lanes.
 
 sb3-contrib's ``RecurrentRolloutBuffer`` cuts every episode into its own sequence and pads
-each minibatch's sequences to the longest one, because its LSTM path must start every
-sequence from a stored state. A RIM resets its state inside its own time loop
+each minibatch's sequences to the longest one: its LSTM runs a sequence in one ``nn.LSTM``
+call only when no episode starts inside it (else it loops over the steps in Python). A RIM
+resets its state inside its own time loop
 (``episode_starts``), so several episodes can share one lane of the batch, one after the
 other. The buffers here keep sb3-contrib's storage and sample format (sequence-major
 ``(n_lanes * L, ...)`` tensors, the states before each lane's first step, a mask) and
@@ -179,8 +180,9 @@ class _LaneSampling:
 class RimRolloutBuffer(_LaneSampling, RecurrentRolloutBuffer):
     """
     ``RecurrentRolloutBuffer`` whose minibatches pack whole episodes into lanes without
-    padding waste (see the module docstring). For RIM policies only: an ``nn.LSTM`` core
-    cannot reset its state in the middle of a lane. Parameters as in sb3-contrib's.
+    padding waste (see the module docstring). ``RimPPO`` gives it to RIM policies only:
+    sb3-contrib's LSTM policy would fall back to its per-step loop on every lane, and the
+    LSTM baseline stays sb3-contrib's own. Parameters as in sb3-contrib's.
     """
 
     def get(  # type: ignore[override]  # the samples are sb3-contrib's
