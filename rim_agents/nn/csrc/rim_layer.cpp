@@ -59,10 +59,18 @@ void blas_gemm<double>(char ta, char tb, int m, int n, int k, double alpha, cons
 // Row-major C (M x N) = op(A) op(B) + beta * C, where op(A) is M x K and op(B) is K x N;
 // A is stored M x K (or K x M when ta), B is stored K x N (or N x K when tb). Row-major
 // C is column-major C^T = op(B)^T op(A)^T, hence the swapped operands.
+// lda, ldb, ldc: the row strides of A, B and C as stored.
+template <typename T>
+inline void mm_ld(bool ta, bool tb, int64_t M, int64_t N, int64_t K, const T* A, int64_t lda, const T* B,
+                  int64_t ldb, T beta, T* C, int64_t ldc) {
+  blas_gemm<T>(tb ? 'T' : 'N', ta ? 'T' : 'N', static_cast<int>(N), static_cast<int>(M), static_cast<int>(K), T(1),
+               B, static_cast<int>(ldb), A, static_cast<int>(lda), beta, C, static_cast<int>(ldc));
+}
+
+// The same, for contiguous operands.
 template <typename T>
 inline void mm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, const T* A, const T* B, T beta, T* C) {
-  blas_gemm<T>(tb ? 'T' : 'N', ta ? 'T' : 'N', static_cast<int>(N), static_cast<int>(M), static_cast<int>(K), T(1),
-               B, static_cast<int>(tb ? K : N), A, static_cast<int>(ta ? M : K), beta, C, static_cast<int>(N));
+  mm_ld<T>(ta, tb, M, N, K, A, ta ? M : K, B, tb ? K : N, beta, C, N);
 }
 
 // exp, sigmoid and tanh. float: branch-free so that loops over a row vectorize; Cephes'
@@ -229,7 +237,7 @@ std::vector<Tensor> forward_impl(const Dims& d, const Tensor& keys, const Tensor
   Tensor pact = cached_empty({d.comm && d.gated ? L : 0, K, N, 2 * H}, opts);  // tanh(out), sigmoid(gate)
   Tensor h = h0.clone();
   Tensor c = d.lstm ? c0.clone() : at::zeros_like(h0);
-  std::vector<T> rbuf(K * N * GQ), score(K * N), pbuf(N * O), gathered(N * R), logits(K);
+  std::vector<T> gbuf(N * G), hrows(N * H), score(K * N), pbuf(N * O), gathered(N * R), logits(K);
   std::vector<int64_t> rows(N);
 
   const T* keys_p = keys.data_ptr<T>();
@@ -275,20 +283,13 @@ std::vector<Tensor> forward_impl(const Dims& d, const Tensor& keys, const Tensor
         }
       }
     }
-    // Hidden-to-gate terms and input queries: R = b_rec + h @ w_rec, per unit.
-    for (int64_t k = 0; k < K; ++k) {
-      T* rk = rbuf.data() + k * N * GQ;
-      for (int64_t n = 0; n < N; ++n) std::memcpy(rk + n * GQ, br_p + k * GQ, GQ * sizeof(T));
-      mm<T>(false, false, N, GQ, H, h_p + k * N * H, wr_p + k * H * GQ, T(1), rk);
-    }
-    // Scores against this step's input keys (the null row scores 0).
+    // Input queries of every unit, h @ W_q (the query columns of w_rec), and their scores
+    // against this step's input keys (the null row scores 0).
     const T* keys_t = keys_p + t * N * Q;
     for (int64_t k = 0; k < K; ++k) {
-      for (int64_t n = 0; n < N; ++n) {
-        const T* q = rbuf.data() + (k * N + n) * GQ + G;
-        score[k * N + n] = dot(q, keys_t + n * Q, Q);
-        std::memcpy(query_p + ((t * K + k) * N + n) * Q, q, Q * sizeof(T));
-      }
+      T* q = query_p + (t * K + k) * N * Q;
+      mm_ld<T>(false, false, N, Q, H, h_p + k * N * H, H, wr_p + k * H * GQ + G, GQ, T(0), q, Q);
+      for (int64_t n = 0; n < N; ++n) score[k * N + n] = dot(q + n * Q, keys_t + n * Q, Q);
     }
     // Top-k per sample: a unit is active when fewer than top_k units rank above it;
     // ties go to the lower unit index (the PyTorch path's stable sort).
@@ -304,15 +305,25 @@ std::vector<Tensor> forward_impl(const Dims& d, const Tensor& keys, const Tensor
         act_t[k * N + n] = rank < d.top_k;
       }
     }
-    // Unit dynamics of the active units; inactive units keep h and c as they are.
+    // Unit dynamics of the active units; inactive units keep h and c as they are. Their
+    // hidden-to-gate terms, b + h @ W_hh, in one matmul over the unit's active rows.
     for (int64_t k = 0; k < K; ++k) {
+      int64_t m = 0;
       for (int64_t n = 0; n < N; ++n) {
+        w_p[t * K * N + k * N + n] = sigmoid(score[k * N + n]);
+        if (!act_t[k * N + n]) continue;
+        std::memcpy(hrows.data() + m * H, h_p + (k * N + n) * H, H * sizeof(T));
+        std::memcpy(gbuf.data() + m * G, br_p + k * GQ, G * sizeof(T));
+        rows[m++] = n;
+      }
+      if (m == 0) continue;
+      mm_ld<T>(false, false, m, G, H, hrows.data(), H, wr_p + k * H * GQ, GQ, T(1), gbuf.data(), G);
+      for (int64_t r = 0; r < m; ++r) {
+        const int64_t n = rows[r];
         const int64_t kn = k * N + n;
-        const T wv = sigmoid(score[kn]);
-        w_p[t * K * N + kn] = wv;
-        if (!act_t[kn]) continue;
+        const T wv = w_p[t * K * N + kn];
         const T wd = in_mask ? wv * in_mask[t * K * N + kn] : wv;
-        const T* hg = rbuf.data() + kn * GQ;
+        const T* hg = gbuf.data() + r * G;
         const T* x = xg_p + ((t * N + n) * K + k) * G;
         T* a = act_p + ((t * K + k) * N + n) * 4 * H;
         T* hs = h_p + kn * H;
@@ -447,7 +458,8 @@ std::vector<Tensor> backward_impl(const Dims& d, const Tensor& grad_out_t, const
   Tensor dh = grad_hn.clone();
   Tensor dc = d.lstm ? grad_cn.clone() : at::zeros_like(grad_hn);
   std::vector<T> dh1(K * N * H), dhp(K * N * H), dcp(K * N * H), dread(N * R), gathered(N * O), dattd(K);
-  std::vector<T> dRt(K * N * GQ), dqkvt(d.comm ? K * N * W : 0), read_rows(d.comm ? N * R : 0);
+  std::vector<T> dgc(N * G), dq_rows(N * Q), hrows(N * H), hgrad(N * H);
+  std::vector<T> dqkvt(d.comm ? K * N * W : 0), read_rows(d.comm ? N * R : 0);
   std::vector<int64_t> rows(N);
 
   const T* gout = grad_out_t.data_ptr<T>();
@@ -471,7 +483,6 @@ std::vector<Tensor> backward_impl(const Dims& d, const Tensor& grad_out_t, const
   const T* pact_p = d.comm && d.gated ? pact.data_ptr<T>() : nullptr;
   T* dkeys_p = dkeys.data_ptr<T>();
   T* dxg_p = dxg.data_ptr<T>();
-  T* dR_p = dRt.data();  // this step's gradient of [hidden gates, query], (K, N, G+Q)
   T* dqkv_p = d.comm ? dqkvt.data() : nullptr;  // this step's (K, N, W)
   const T* h1_p = d.comm ? h1.data_ptr<T>() : nullptr;
   const T* read_p = d.comm ? read.data_ptr<T>() : nullptr;
@@ -568,72 +579,77 @@ std::vector<Tensor> backward_impl(const Dims& d, const Tensor& grad_out_t, const
         mm<T>(true, false, H, W, N, h1_p + (k * L + t) * N * H, dqkv_p + k * N * W, T(1), dqkvw_p + k * H * W);
       }
     }
-    // Unit dynamics: h1 = active ? h_new : h, c = active ? c_new : c.
+    // Unit dynamics: h1 = active ? h_new : h, c = active ? c_new : c. The gate gradients
+    // of the active rows are gathered (dGc), the query gradients kept for every row (dQ).
     for (int64_t k = 0; k < K; ++k) {
+      int64_t m = 0;
       for (int64_t n = 0; n < N; ++n) {
         const int64_t kn = k * N + n;
         const bool on = act_t[kn];
         const T* g1 = dh1.data() + kn * H;
         T* gh = dhp.data() + kn * H;
-        T* drow = dR_p + (k * N + n) * GQ;
         T* dx = dxg_p + ((t * N + n) * K + k) * G;
         const T* x = xg_p + ((t * N + n) * K + k) * G;
         const T* a = act_p + ((t * K + k) * N + n) * 4 * H;
         const T wv = w_p[t * K * N + kn];
-        const T m = in_mask ? in_mask[t * K * N + kn] : T(1);
-        const T wd = wv * m;
+        const T mask = in_mask ? in_mask[t * K * N + kn] : T(1);
+        const T wd = wv * mask;
+        const T* hprev = hp_p + ((k * L + t) * N + n) * H;
         T dwd = 0;
         if (!on) {
-          // Inactive: the state passes through; the unit's update and query still got
-          // no gradient except through the score, which top-k does not pass either.
+          // Inactive: the state passes through; the unit's update got no gradient, and
+          // neither does its query (the score reaches nothing but the discarded update).
           std::memcpy(gh, g1, H * sizeof(T));
           if (d.lstm) std::memcpy(dcp.data() + kn * H, dc_p + kn * H, H * sizeof(T));
-          std::fill(drow, drow + G, T(0));
           std::fill(dx, dx + G, T(0));
-        } else if (d.lstm) {
-          const T* gc = dc_p + kn * H;
-          const T* cprev = cp_p + ((t * K + k) * N + n) * H;
-          const T* tcs = tc_p + ((t * K + k) * N + n) * H;
-          T* gcp = dcp.data() + kn * H;
-          #pragma omp simd
-          for (int64_t i = 0; i < H; ++i) {
-            const T ig = a[i], fg = a[H + i], og = a[2 * H + i], gg = a[3 * H + i], tcn = tcs[i];
-            const T dcn = gc[i] + g1[i] * og * (T(1) - tcn * tcn);
-            const T dpi = dcn * gg * ig * (T(1) - ig);
-            const T dpf = dcn * cprev[i] * fg * (T(1) - fg);
-            const T dpo = g1[i] * tcn * og * (T(1) - og);
-            const T dpg = dcn * ig * (T(1) - gg * gg);
-            gcp[i] = dcn * fg;
-            gh[i] = 0;
-            drow[i] = dpi, drow[H + i] = dpf, drow[2 * H + i] = dpo, drow[3 * H + i] = dpg;
-          }
-          for (int64_t i = 0; i < G; ++i) {
-            dwd += drow[i] * x[i];
-            dx[i] = wd * drow[i];
-          }
         } else {
-          const T* hprev = hp_p + ((k * L + t) * N + n) * H;
-          T* gb = dbih_p + k * G;
-          #pragma omp simd
-          for (int64_t i = 0; i < H; ++i) {
-            const T r = a[i], z = a[H + i], nn = a[2 * H + i], hn = a[3 * H + i];
-            const T dpn = g1[i] * (T(1) - z) * (T(1) - nn * nn);
-            const T dpz = g1[i] * (hprev[i] - nn) * z * (T(1) - z);
-            const T dpr = dpn * hn * r * (T(1) - r);
-            gh[i] = g1[i] * z;
-            drow[i] = dpr, drow[H + i] = dpz, drow[2 * H + i] = dpn * r;
-            // The input term's gradient: the same for r and z, dpn for n.
-            dx[i] = dpr, dx[H + i] = dpz, dx[2 * H + i] = dpn;
-          }
-          for (int64_t i = 0; i < G; ++i) {
-            gb[i] += dx[i];
-            dwd += dx[i] * x[i];
-            dx[i] *= wd;
+          T* drow = dgc.data() + m * G;
+          std::memcpy(hrows.data() + m * H, hprev, H * sizeof(T));
+          rows[m++] = n;
+          if (d.lstm) {
+            const T* gc = dc_p + kn * H;
+            const T* cprev = cp_p + ((t * K + k) * N + n) * H;
+            const T* tcs = tc_p + ((t * K + k) * N + n) * H;
+            T* gcp = dcp.data() + kn * H;
+#pragma omp simd
+            for (int64_t i = 0; i < H; ++i) {
+              const T ig = a[i], fg = a[H + i], og = a[2 * H + i], gg = a[3 * H + i], tcn = tcs[i];
+              const T dcn = gc[i] + g1[i] * og * (T(1) - tcn * tcn);
+              const T dpi = dcn * gg * ig * (T(1) - ig);
+              const T dpf = dcn * cprev[i] * fg * (T(1) - fg);
+              const T dpo = g1[i] * tcn * og * (T(1) - og);
+              const T dpg = dcn * ig * (T(1) - gg * gg);
+              gcp[i] = dcn * fg;
+              gh[i] = 0;
+              drow[i] = dpi, drow[H + i] = dpf, drow[2 * H + i] = dpo, drow[3 * H + i] = dpg;
+            }
+            for (int64_t i = 0; i < G; ++i) {
+              dwd += drow[i] * x[i];
+              dx[i] = wd * drow[i];
+            }
+          } else {
+            T* gb = dbih_p + k * G;
+#pragma omp simd
+            for (int64_t i = 0; i < H; ++i) {
+              const T r = a[i], z = a[H + i], nn = a[2 * H + i], hn = a[3 * H + i];
+              const T dpn = g1[i] * (T(1) - z) * (T(1) - nn * nn);
+              const T dpz = g1[i] * (hprev[i] - nn) * z * (T(1) - z);
+              const T dpr = dpn * hn * r * (T(1) - r);
+              gh[i] = g1[i] * z;
+              drow[i] = dpr, drow[H + i] = dpz, drow[2 * H + i] = dpn * r;
+              // The input term's gradient: the same for r and z, dpn for n.
+              dx[i] = dpr, dx[H + i] = dpz, dx[2 * H + i] = dpn;
+            }
+            for (int64_t i = 0; i < G; ++i) {
+              gb[i] += dx[i];
+              dwd += dx[i] * x[i];
+              dx[i] *= wd;
+            }
           }
         }
         // Input attention: w = sigmoid(query . key), the query from h (t-1).
-        const T ds = dwd * m * wv * (T(1) - wv);
-        T* dq = drow + G;
+        const T ds = dwd * mask * wv * (T(1) - wv);
+        T* dq = dq_rows.data() + n * Q;
         const T* q = query_p + ((t * K + k) * N + n) * Q;
         const T* key = keys_p + (t * N + n) * Q;
         T* dkey = dkeys_p + (t * N + n) * Q;
@@ -642,15 +658,24 @@ std::vector<Tensor> backward_impl(const Dims& d, const Tensor& grad_out_t, const
           dkey[j] += ds * q[j];
         }
       }
-    }
-    for (int64_t k = 0; k < K; ++k) {
-      mm<T>(false, true, N, H, GQ, dR_p + k * N * GQ, wr_p + k * H * GQ, T(1), dhp.data() + k * N * H);
-      mm<T>(true, false, H, GQ, N, hp_p + (k * L + t) * N * H, dR_p + k * N * GQ, T(1), dwr_p + k * H * GQ);
-      for (int64_t n = 0; n < N; ++n) {
-        const T* drow = dR_p + (k * N + n) * GQ;
-        T* db = dbr_p + k * GQ;
+      // Back through R = [b + h W_hh (active rows), h W_q (all rows)] of unit k.
+      const T* w_hh = wr_p + k * H * GQ;  // (H, G+Q): gate columns, then query columns
+      T* dw = dwr_p + k * H * GQ;
+      mm_ld<T>(false, true, N, H, Q, dq_rows.data(), Q, w_hh + G, GQ, T(1), dhp.data() + k * N * H, H);
+      mm_ld<T>(true, false, H, Q, N, hp_p + (k * L + t) * N * H, H, dq_rows.data(), Q, T(1), dw + G, GQ);
+      if (m == 0) continue;
+      mm_ld<T>(false, true, m, H, G, dgc.data(), G, w_hh, GQ, T(0), hgrad.data(), H);
+      for (int64_t r = 0; r < m; ++r) {
+        T* gh = dhp.data() + (k * N + rows[r]) * H;
+        const T* g = hgrad.data() + r * H;
 #pragma omp simd
-        for (int64_t i = 0; i < GQ; ++i) db[i] += drow[i];
+        for (int64_t i = 0; i < H; ++i) gh[i] += g[i];
+      }
+      mm_ld<T>(true, false, H, G, m, hrows.data(), H, dgc.data(), G, T(1), dw, GQ);
+      T* db = dbr_p + k * GQ;
+      for (int64_t r = 0; r < m; ++r) {
+#pragma omp simd
+        for (int64_t i = 0; i < G; ++i) db[i] += dgc[r * G + i];
       }
     }
     // The reset before step t: gradient reaches the previous state only where it was kept.
