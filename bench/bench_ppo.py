@@ -11,6 +11,11 @@ RIM / memoryless PPO.
     python bench/bench_ppo.py --steps 8192 --repeats 5 -params n_epochs:2
     python bench/bench_ppo.py --env PongNoFrameskip-v4 --steps 1024 --repeats 1   # paper's RIM, GRU 6x85
     python bench/bench_ppo.py --env PongNoFrameskip-v4 --device cuda --threads 4 --steps 8192
+    python bench/bench_ppo.py --learned rim=R/final_model.zip lstm=L/final_model.zip ppo=P/final_model.zip
+
+``--learned`` times agents loaded from saved models instead of fresh ones: the regime of a
+trained agent, whose episodes are short (on MemoryS7: a few steps instead of up to 245), so
+a rollout holds many more episode starts.
 
 On Atari the YAML's 8 envs x 128 steps make the warm-up rollout 1,024 steps: about 35 s per
 policy on one CPU core, where both policies run at 30-40 steps/s.
@@ -30,9 +35,10 @@ from rim_agents.training import build_algorithm_kwargs, make_config, make_vec_en
 
 
 def steps_per_second(
-    env_id: str, policy: str, steps: int, overrides: dict, device: str
+    env_id: str, policy: str, steps: int, overrides: dict, device: str, saved: str | None = None
 ) -> tuple[float, float]:
-    """Train a fresh agent for ``steps`` steps after one warm-up rollout.
+    """Train an agent for ``steps`` steps after one warm-up rollout: a fresh one, or the one
+    saved at ``saved`` (a ``.zip`` of the same policy).
 
     :return: (env steps per second, learn() wall time in seconds)
     """
@@ -40,7 +46,11 @@ def steps_per_second(
     algorithm, policy_name, kwargs = build_algorithm_kwargs(config)
     env = make_vec_env(config, config.n_envs, seed=0)
     try:
-        model = algorithm(policy_name, env, seed=0, device=device, **kwargs)
+        if saved is None:
+            model = algorithm(policy_name, env, seed=0, device=device, **kwargs)
+        else:
+            model = algorithm.load(saved, env=env, device=device)
+            model.set_random_seed(0)
         model.learn(config.n_envs * model.n_steps)  # warm-up: allocations, first-call overheads
         start = time.perf_counter()
         model.learn(steps, reset_num_timesteps=False)
@@ -62,13 +72,28 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "-params", "--hyperparams", nargs="+", default=[], metavar="KEY:VALUE", help="overrides"
     )
+    parser.add_argument(
+        "--learned",
+        nargs=3,
+        default=None,
+        metavar="POLICY=MODEL.zip",
+        help="time trained agents: rim=PATH lstm=PATH ppo=PATH (saved by the training core)",
+    )
     args = parser.parse_args(argv)
+    saved: dict[str, str | None] = {"rim": None, "lstm": None, "ppo": None}
+    if args.learned:
+        pairs = dict(item.partition("=")[::2] for item in args.learned)
+        if set(pairs) != set(saved):
+            parser.error(f"--learned needs rim=PATH lstm=PATH ppo=PATH, got {args.learned}")
+        saved.update(pairs)
     th.set_num_threads(args.threads)
     overrides = parse_overrides(args.hyperparams)
     results: dict[str, list[tuple[float, float]]] = {"rim": [], "lstm": [], "ppo": []}
     for repeat in range(args.repeats):
         for policy in results:
-            sps, seconds = steps_per_second(args.env, policy, args.steps, overrides, args.device)
+            sps, seconds = steps_per_second(
+                args.env, policy, args.steps, overrides, args.device, saved[policy]
+            )
             results[policy].append((sps, seconds))
             print(
                 f"repeat {repeat}: {policy:4s} {sps:7.1f} steps/s ({seconds:.1f} s for {args.steps} steps)",
@@ -76,7 +101,8 @@ def main(argv: list[str] | None = None) -> int:
             )
     config = make_config(args.env, overrides=overrides)
     rim_kwargs = config.hyperparams.get("policy_kwargs", {}).get("rim_kwargs", {})
-    setting = f"{args.threads} torch thread(s), {args.device}"
+    regime = "agents loaded from --learned" if args.learned else "fresh agents"
+    setting = f"{args.threads} torch thread(s), {args.device}, {regime}"
     print(f"\n{args.env}, RIM {rim_kwargs} vs LSTM of the same hidden size vs memoryless PPO, {setting}")
     median = {policy: statistics.median(sps for sps, _ in runs) for policy, runs in results.items()}
     for policy, runs in results.items():
