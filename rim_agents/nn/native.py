@@ -83,9 +83,24 @@ def _ninja_on_path() -> Iterator[None]:
         os.environ["PATH"] = previous
 
 
-@functools.cache
 def _build() -> ModuleType:
-    """Compile (or load the cached build of) the extension; NativeUnavailable on failure."""
+    """The extension; NativeUnavailable saying why it cannot be built. One attempt per process."""
+    result = _attempt_build()
+    if isinstance(result, NativeUnavailable):
+        raise result
+    return result
+
+
+@functools.cache
+def _attempt_build() -> ModuleType | NativeUnavailable:
+    """Compile (or load the cached build of) the extension, or the reason it failed."""
+    try:
+        return _compile()
+    except NativeUnavailable as error:
+        return error
+
+
+def _compile() -> ModuleType:
     if os.environ.get(DISABLE_VARIABLE, "1") == "0":
         raise NativeUnavailable(f"{DISABLE_VARIABLE}=0 is set")
     flags = compile_flags()
