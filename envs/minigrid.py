@@ -12,7 +12,8 @@ Observation modes (``observation=``):
 (symbolic: (width, height, 3); rgb: (width * tile_size, height * tile_size, 3)).
 ``view_size=v`` (odd, >= 3) narrows or widens the agent's view to v x v (symbolic: (v, v, 3);
 a 3x3 view is given channels-first, (3, 3, 3) with the codes first, so that SB3 and
-``MiniGridCNN`` cannot mistake its layout).
+``MiniGridCNN`` cannot mistake its layout). ``actions=n`` keeps MiniGrid's first n actions
+(left, right, forward, pickup, drop, toggle, done): ``actions=3`` is all a Memory task needs.
 
 Success in MiniGrid is a positive reward at the end of an episode (the environment pays
 ``1 - 0.9 * step_count / max_steps`` for reaching the goal and 0 otherwise); the factory
@@ -77,6 +78,26 @@ class ChannelsFirst(gym.ObservationWrapper):
         return np.ascontiguousarray(observation.transpose(2, 0, 1))
 
 
+class FirstActions(gym.ActionWrapper):
+    """Only the first ``n`` of a MiniGrid environment's actions: ``Discrete(n)``, same indices.
+
+    MiniGrid gives every task its 7 actions; the Memory tasks need only the first 3 (turn left,
+    turn right, forward), and the 4 others (pickup, drop, toggle, done) do nothing there but
+    spend steps. Recurrent-PPO reference code trains MemoryS9 with these 3 (MarcoMeter/
+    recurrent-ppo-truncated-bptt, ``environments/minigrid_env.py``).
+
+    :param env: a MiniGrid environment
+    :param n: actions kept, 1 to the environment's number
+    """
+
+    def __init__(self, env: gym.Env, n: int) -> None:
+        super().__init__(env)
+        self.action_space = spaces.Discrete(n)
+
+    def action(self, action: Any) -> Any:
+        return action
+
+
 def env_ids() -> list[str]:
     """All MiniGrid ids registered with gymnasium, sorted."""
     return sorted(env_id for env_id in gym.registry if owns(env_id))
@@ -107,6 +128,7 @@ def make_minigrid(
     render_mode: str | None = None,
     max_steps: int | None = None,
     view_size: int | None = None,
+    actions: int | None = None,
 ) -> gym.Env:
     """Build one wrapped MiniGrid environment (Monitor outermost, so episode statistics are raw returns).
 
@@ -120,6 +142,8 @@ def make_minigrid(
     :param view_size: side of the agent's square view (odd, at least 3; MiniGrid's
         ``ViewSizeWrapper``); None keeps the environment's 7. A smaller view hides more of the
         room, so a memory task needs more memory
+    :param actions: keep only MiniGrid's first ``actions`` actions (3: turn left, turn right,
+        forward, all a Memory task needs); None keeps all 7
     :return: the environment; its observation space is a (H, W, 3) ``uint8`` Box
     """
     check_env_id(env_id)
@@ -142,6 +166,14 @@ def make_minigrid(
         ):
             raise ValueError(f"view_size={view_size!r} must be an odd integer >= 3 (the agent sees a square)")
         env = ViewSizeWrapper(env, agent_view_size=view_size)
+    if actions is not None:
+        available = int(env.action_space.n)  # type: ignore[attr-defined]
+        if isinstance(actions, bool) or not isinstance(actions, int) or not 1 <= actions <= available:
+            raise ValueError(
+                f"actions={actions!r} must be an integer from 1 to {available} (the first actions of "
+                f"{env_id}: left, right, forward, pickup, drop, toggle, done); 3 keeps the navigation actions"
+            )
+        env = FirstActions(env, actions)
     if observation == "rgb":
         env = (
             RGBImgObsWrapper(env, tile_size) if fully_observable else RGBImgPartialObsWrapper(env, tile_size)

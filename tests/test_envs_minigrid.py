@@ -101,3 +101,20 @@ def test_a_three_by_three_view_is_channels_first_with_the_codes_in_front():
 def test_view_size_must_be_odd_and_at_least_three(view):
     with pytest.raises(ValueError, match=rf"view_size={view!r} must be an odd integer >= 3"):
         make_minigrid("MiniGrid-MemoryS7-v0", view_size=view)
+
+
+def test_actions_keeps_the_first_actions_with_their_meaning():
+    env = make_minigrid("MiniGrid-MemoryS7-v0", actions=3)
+    plain = make_minigrid("MiniGrid-MemoryS7-v0")
+    assert env.action_space == gym.spaces.Discrete(3)
+    assert (env.reset(seed=5)[0] == plain.reset(seed=5)[0]).all()
+    for action in [2, 0, 2, 1, 2, 2]:  # forward, left, forward, right, forward, forward
+        obs, *_ = env.step(action)
+        plain_obs, *_ = plain.step(action)
+        assert (obs == plain_obs).all()
+
+
+@pytest.mark.parametrize("actions", [0, 8, 2.5, True])
+def test_actions_out_of_range_is_named(actions):
+    with pytest.raises(ValueError, match=rf"actions={actions!r} must be an integer from 1 to 7"):
+        make_minigrid("MiniGrid-MemoryS7-v0", actions=actions)
