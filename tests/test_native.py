@@ -206,3 +206,15 @@ def test_without_the_extension_auto_warns_once_and_runs_the_pytorch_path(tmp_pat
     expected = "failed" if how == "no compiler" else f"{native.DISABLE_VARIABLE}=0"
     assert expected in warning
     assert "backend='native' cannot run here" in error and expected in error
+
+
+def test_empty_cache_frees_the_kept_blocks_and_calls_still_work() -> None:
+    rim = RIM(4, num_units=3, unit_size=4, top_k=2, backend="native")
+    x = torch.randn(20, 6, 4)
+    rim(x)[0].sum().backward()  # saved buffers freed after the backward: kept in the cache
+    assert native.empty_cache() > 0
+    assert native.empty_cache() == 0
+    reference = RIM(4, num_units=3, unit_size=4, top_k=2, backend="torch")
+    reference.load_state_dict(rim.state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(rim.eval()(x)[0], reference.eval()(x)[0], atol=1e-5, rtol=1e-5)
