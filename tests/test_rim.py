@@ -9,6 +9,7 @@ import torch
 
 from rim_agents.nn import RIM
 from tests.reference_rim import reference_forward
+from tests.test_native import needs_native
 
 SMALL = dict(num_units=4, unit_size=8, top_k=2, input_key_size=6, input_value_size=10, comm_key_size=5,
              comm_value_size=7)  # fmt: skip
@@ -323,7 +324,7 @@ def test_episode_starts_of_the_wrong_shape_is_rejected():
         small_rim()(torch.randn(4, 3, 5), episode_starts=torch.zeros(3, 4))
 
 
-@pytest.mark.parametrize("backend", ["native", "torch"])
+@pytest.mark.parametrize("backend", [pytest.param("native", marks=needs_native), "torch"])
 def test_calls_without_autograd_see_every_weight_change(backend):
     # Rollouts reuse the composed weights between calls; any change of the weights must show.
     rim = small_rim(backend=backend)
