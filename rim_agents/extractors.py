@@ -15,6 +15,9 @@ from torch import nn
 
 # Three 2x2 convolutions without padding shrink each side by 3; with padding 1 each grows it by 1.
 _MIN_GRID_SIDE = 4
+# Values each MiniGrid symbolic code takes: objects (minigrid.core.constants.OBJECT_TO_IDX),
+# colours (COLOR_TO_IDX), states (STATE_TO_IDX's 3 door states, or the agent's 4 directions).
+_CODE_SIZES = (11, 6, 4)
 
 
 class MiniGridCNN(BaseFeaturesExtractor):
@@ -39,11 +42,18 @@ class MiniGridCNN(BaseFeaturesExtractor):
     in ``envs.minigrid``) are padded by one cell at each convolution instead, so that the
     three convolutions still see every cell.
 
+    ``one_hot=True`` turns each cell's three codes into one-hot channels (11 objects, 6
+    colours, 4 states: the 3 door states, or the agent's direction in a fully observable
+    grid), 21 channels in all, before the convolutions. A key (object 5) and a ball (6) then
+    differ in two whole channels rather than by one unit in one channel, which is the
+    difference a Memory task's cue comes down to.
+
     :param observation_space: a 3-D ``Box`` (a grid of any size)
     :param features_dim: number of features produced (default 64)
+    :param one_hot: one-hot encode the object, colour and state codes (needs 3 channels)
     """
 
-    def __init__(self, observation_space: spaces.Space, features_dim: int = 64) -> None:
+    def __init__(self, observation_space: spaces.Space, features_dim: int = 64, one_hot: bool = False) -> None:
         if not isinstance(observation_space, spaces.Box) or len(observation_space.shape) != 3:
             raise ValueError(
                 "MiniGridCNN needs a 3-D Box observation space (a MiniGrid grid, e.g. from "
@@ -55,6 +65,14 @@ class MiniGridCNN(BaseFeaturesExtractor):
         self.channels_first = is_image_space_channels_first(observation_space)
         shape = observation_space.shape
         n_channels, height, width = shape if self.channels_first else (shape[2], shape[0], shape[1])
+        self.one_hot = bool(one_hot)
+        if self.one_hot:
+            if n_channels != len(_CODE_SIZES):
+                raise ValueError(
+                    f"one_hot=True needs MiniGrid's {len(_CODE_SIZES)} codes per cell (object, colour, "
+                    f"state), got {n_channels} channels in {observation_space}"
+                )
+            n_channels = sum(_CODE_SIZES)
         padding = 1 if min(height, width) < _MIN_GRID_SIDE else 0
         self.cnn = nn.Sequential(
             nn.Conv2d(n_channels, 16, kernel_size=2, padding=padding),
@@ -84,7 +102,23 @@ class MiniGridCNN(BaseFeaturesExtractor):
         if not self.channels_first:
             # (N, H, W, C) -> (N, C, H, W), the layout Conv2d expects.
             observations = observations.permute(0, 3, 1, 2)
+        if self.one_hot:
+            observations = _one_hot_codes(observations)
         return self.linear(self.cnn(observations))
+
+
+def _one_hot_codes(observations: th.Tensor) -> th.Tensor:
+    """``(N, 3, H, W)`` integer codes -> ``(N, 21, H, W)`` one-hot channels, object then colour then state."""
+    codes = observations.long()
+    for channel, size in enumerate(_CODE_SIZES):
+        code = codes[:, channel]
+        if code.min() < 0 or code.max() >= size:
+            raise ValueError(
+                f"MiniGridCNN(one_hot=True): channel {channel} holds codes outside 0..{size - 1} "
+                f"({int(code.min())}..{int(code.max())}); the observation is not MiniGrid's symbolic encoding"
+            )
+    planes = [nn.functional.one_hot(codes[:, c], size) for c, size in enumerate(_CODE_SIZES)]
+    return th.cat(planes, dim=-1).permute(0, 3, 1, 2).to(observations.dtype)
 
 
 class MinAtarCNN(BaseFeaturesExtractor):

@@ -27,7 +27,7 @@ from stable_baselines3.common.evaluation import evaluate_policy
 from stable_baselines3.common.vec_env import VecNormalize
 from torch import nn
 
-from rim_agents.extractors import MiniGridCNN
+from rim_agents.extractors import MiniGridCNN, _one_hot_codes
 from rim_agents.nn import RIM
 from rim_agents.policies import (
     CnnRimPolicy,
@@ -506,6 +506,38 @@ def test_minigrid_cnn_pads_grids_smaller_than_four_cells() -> None:
     cnn = MiniGridCNN(spaces.Box(0, 255, (3, 3, 3), np.uint8), features_dim=16)
     assert cnn.linear[0].in_features == 64 * 6 * 6
     assert cnn(th.randint(0, 11, (2, 3, 3, 3)).float()).shape == (2, 16)
+
+
+def test_minigrid_cnn_one_hot_encodes_each_code_in_its_own_channels() -> None:
+    cnn = MiniGridCNN(spaces.Box(0, 255, (3, 3, 3), np.uint8), features_dim=16, one_hot=True)
+    assert cnn.cnn[0].in_channels == 11 + 6 + 4
+    key = th.tensor([[[1, 1, 1], [1, 1, 1], [5, 1, 1]], [[0] * 3] * 3, [[0] * 3] * 3]).float()  # (C, H, W)
+    planes = _one_hot_codes(key[None])
+    assert planes.shape == (1, 21, 3, 3)
+    assert planes.sum(1).eq(3).all()  # one object, one colour, one state per cell
+    assert planes[0, 5, 2, 0] == 1 and planes[0, 1, 2, 0] == 0  # the key's object channel
+    assert planes[0, 11 + 0, 2, 0] == 1 and planes[0, 17 + 0, 2, 0] == 1  # colour 0, state 0
+    assert cnn(key[None]).shape == (1, 16)  # a (3, 3, 3) space is channels-first, as the 3x3 view gives it
+    # A fully observable grid holds the agent's direction (0-3) in the state channel.
+    agent = th.zeros(1, 3, 3, 3)
+    agent[0, :, 1, 1] = th.tensor([10.0, 0.0, 3.0])
+    assert _one_hot_codes(agent)[0, 17 + 3, 1, 1] == 1
+
+
+@pytest.mark.parametrize(
+    ("space", "kwargs", "message"),
+    [
+        (spaces.Box(0, 1, (4, 10, 10), np.uint8), {}, r"needs MiniGrid's 3 codes per cell"),
+    ],
+)
+def test_minigrid_cnn_one_hot_rejects_other_grids(space: spaces.Space, kwargs: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        MiniGridCNN(space, one_hot=True, **kwargs)
+    cnn = MiniGridCNN(spaces.Box(0, 255, (7, 7, 3), np.uint8), one_hot=True)
+    bad = th.zeros(1, 7, 7, 3)
+    bad[0, 0, 0, 1] = 6.0  # colour 6 does not exist
+    with pytest.raises(ValueError, match=r"channel 1 holds codes outside 0..5"):
+        cnn(bad)
 
 
 @pytest.mark.parametrize(
