@@ -927,10 +927,17 @@ def _mean_std(values: list[float]) -> tuple[float, float | None]:
     return float(array.mean()), float(array.std(ddof=1)) if len(array) > 1 else None
 
 
-def _format(mean: float | None, std: float | None) -> str:
+def _ci95(std: float | None, n: int) -> float | None:
+    """Half-width of the 95% t-interval of a mean over ``n`` seeds (None for a single value)."""
+    from scipy import stats
+
+    return None if std is None else float(stats.t.ppf(0.975, n - 1) * std / np.sqrt(n))
+
+
+def _format(mean: float | None, half_width: float | None) -> str:
     if mean is None:
         return "-"
-    return f"{mean:.3f}" if std is None else f"{mean:.3f} ± {std:.3f}"
+    return f"{mean:.3f}" if half_width is None else f"{mean:.3f} ± {half_width:.3f}"
 
 
 def _value_text(value: Any) -> str:
@@ -949,7 +956,8 @@ def summarize(
     :param output: the folder the workers wrote run directories to (read for ``threshold`` and curves)
     :param threshold: report the first evaluation step whose return reaches this (None: skip)
     :return: (status line, grid axes other than seed, rows (those axes, ``n_seeds``, ``mean_return``,
-        ``std_return``, ``success_rate``, ``std_success_rate``, ``state_abs_max`` (the mean over
+        ``std_return``, ``ci95_return`` (half-width of the 95% t-interval over seeds),
+        ``success_rate``, ``std_success_rate``, ``ci95_success_rate``, ``state_abs_max`` (the mean over
         seeds of each RIM run's largest abs(h), or None), and with a threshold
         ``steps_to_threshold`` and ``n_reached``), runs of each row by its axes' JSON key)
     """
@@ -988,10 +996,18 @@ def summarize(
     for runs in groups.values():
         mean, std = _mean_std([run["return"] for run in runs])
         row: dict[str, Any] = {axis: runs[0]["cell"].get(axis) for axis in axes}
-        row.update({"n_seeds": len(runs), "mean_return": mean, "std_return": std})
+        row.update(
+            {"n_seeds": len(runs), "mean_return": mean, "std_return": std, "ci95_return": _ci95(std, len(runs))}
+        )
         successes = [run["success"] for run in runs if run["success"] is not None]
         success, success_std = _mean_std(successes) if successes else (None, None)
-        row.update({"success_rate": success, "std_success_rate": success_std})
+        row.update(
+            {
+                "success_rate": success,
+                "std_success_rate": success_std,
+                "ci95_success_rate": _ci95(success_std, len(successes)),
+            }
+        )
         peaks = [
             values.max() for _, values in map(read_state_max, [run["run_dir"] for run in runs]) if values.size
         ]
@@ -1018,7 +1034,7 @@ def markdown_table(rows: list[dict[str, Any]], axes: list[str], threshold: float
     :param axes: the grid axes other than seed (the first columns)
     :param threshold: the threshold the rows were computed with, for the column title
     """
-    header = [*axes, "seeds", "final return", "success rate"]
+    header = [*axes, "seeds", "final return (mean ± 95% CI)", "success rate (mean ± 95% CI)"]
     states = any(row["state_abs_max"] is not None for row in rows)
     if states:
         header.append("largest abs(h)")
@@ -1029,8 +1045,8 @@ def markdown_table(rows: list[dict[str, Any]], axes: list[str], threshold: float
         cells = [_value_text(row[axis]) for axis in axes]
         cells += [
             str(row["n_seeds"]),
-            _format(row["mean_return"], row["std_return"]),
-            _format(row["success_rate"], row["std_success_rate"]),
+            _format(row["mean_return"], row["ci95_return"]),
+            _format(row["success_rate"], row["ci95_success_rate"]),
         ]
         if states:
             cells.append("-" if row["state_abs_max"] is None else f"{row['state_abs_max']:.3g}")

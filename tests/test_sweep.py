@@ -197,13 +197,15 @@ def test_two_workers_on_a_journal_file_run_each_cell_once_and_report_aggregates(
         values = [t.value for t in complete if t.user_attrs[CELL]["policy"] == row["policy"]]
         assert row["mean_return"] == pytest.approx(np.mean(values))
         assert row["std_return"] == pytest.approx(np.std(values, ddof=1))
+        # Two seeds: the 95% t-interval's half-width is t(0.975, 1) = 12.706 standard errors.
+        assert row["ci95_return"] == pytest.approx(12.706 * np.std(values, ddof=1) / np.sqrt(2), rel=1e-4)
         assert 0.0 <= row["success_rate"] <= 1.0
         assert row["steps_to_threshold"] == 64 and row["n_reached"] == 2  # every return is >= -1
         assert "seed" not in row
     # The RIM runs' largest abs(h) from their TensorBoard events (gated read: at most 2); none for the LSTM.
     assert 0.0 < rows[0]["state_abs_max"] <= 2.0 and rows[1]["state_abs_max"] is None
     assert (
-        "4/4 complete" in text and "| policy | seeds | final return | success rate | largest abs(h) |" in text
+        "4/4 complete" in text and "| policy | seeds | final return (mean ± 95% CI) | success rate (mean ± 95% CI) | largest abs(h) |" in text
     )
     assert text.count("| rim | 2 | ") == 1 and text.count("| lstm | 2 | ") == 1
     image = imread(tmp_path / "curves.png")
