@@ -53,7 +53,9 @@ class MiniGridCNN(BaseFeaturesExtractor):
     :param one_hot: one-hot encode the object, colour and state codes (needs 3 channels)
     """
 
-    def __init__(self, observation_space: spaces.Space, features_dim: int = 64, one_hot: bool = False) -> None:
+    def __init__(
+        self, observation_space: spaces.Space, features_dim: int = 64, one_hot: bool = False
+    ) -> None:
         if not isinstance(observation_space, spaces.Box) or len(observation_space.shape) != 3:
             raise ValueError(
                 "MiniGridCNN needs a 3-D Box observation space (a MiniGrid grid, e.g. from "

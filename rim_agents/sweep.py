@@ -997,7 +997,12 @@ def summarize(
         mean, std = _mean_std([run["return"] for run in runs])
         row: dict[str, Any] = {axis: runs[0]["cell"].get(axis) for axis in axes}
         row.update(
-            {"n_seeds": len(runs), "mean_return": mean, "std_return": std, "ci95_return": _ci95(std, len(runs))}
+            {
+                "n_seeds": len(runs),
+                "mean_return": mean,
+                "std_return": std,
+                "ci95_return": _ci95(std, len(runs)),
+            }
         )
         successes = [run["success"] for run in runs if run["success"] is not None]
         success, success_std = _mean_std(successes) if successes else (None, None)

@@ -205,7 +205,9 @@ def test_two_workers_on_a_journal_file_run_each_cell_once_and_report_aggregates(
     # The RIM runs' largest abs(h) from their TensorBoard events (gated read: at most 2); none for the LSTM.
     assert 0.0 < rows[0]["state_abs_max"] <= 2.0 and rows[1]["state_abs_max"] is None
     assert (
-        "4/4 complete" in text and "| policy | seeds | final return (mean ± 95% CI) | success rate (mean ± 95% CI) | largest abs(h) |" in text
+        "4/4 complete" in text
+        and "| policy | seeds | final return (mean ± 95% CI) | success rate (mean ± 95% CI) |" in text
+        and "| largest abs(h) |" in text
     )
     assert text.count("| rim | 2 | ") == 1 and text.count("| lstm | 2 | ") == 1
     image = imread(tmp_path / "curves.png")
