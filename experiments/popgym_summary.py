@@ -1,9 +1,9 @@
 """Summarise a POPGym study: MMER, final evaluation and the final model's return on test
 tasks, per policy, with 95% t-intervals over seeds.
 
-    .venv/bin/python experiments/popgym_summary.py runs/popgym_repeat_first \\
-        runs/popgym_repeat_first_seeds34 --test-env popgym-RepeatFirstMedium-v0 --episodes 100 \\
-        --json docs/results/popgym_repeat_first.json
+    .venv/bin/python experiments/popgym_summary.py runs/popgym_repeat_first_noact \\
+        --test-env popgym-RepeatFirstMedium-v0 --episodes 100 \\
+        --json docs/results/popgym_repeat_first_noact.json
 
 POPGym's returns are normalised to [-1, 1]. MMER is the largest mean return over a run's
 periodic evaluations (``envs.popgym.max_mean_episodic_reward``; the paper takes it over
