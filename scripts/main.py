@@ -1,17 +1,25 @@
 """The main job: a RIM agent on a memory task, beside the memoryless control and a random policy.
 
-    python scripts/main.py                  # MiniGrid-MemoryS7-v0 at a 3x3 view, test MemoryS11
-    python scripts/main.py -n 200000 --control-steps 100000 --episodes 50
+    python scripts/main.py                  # POPGym RepeatFirstEasy, test RepeatFirstMedium
+    python scripts/main.py --env MiniGrid-MemoryS7-v0   # 3x3 view, test MemoryS11
+    python scripts/main.py -n 100000 --control-steps 100000 --episodes 50
 
-1. Trains the RIM agent (RecurrentPPO, the YAML's MiniGrid block, ``env_kwargs.view_size:3``)
-   for ``-n`` steps or ``--train-minutes``, whichever comes first.
+1. Trains the RIM agent (RecurrentPPO with a RIM, the YAML's block for the task) for ``-n``
+   steps or ``--train-minutes``, whichever comes first.
 2. Trains the memoryless control: SB3 PPO with the same features extractor, heads and
    hyperparameters, no recurrence (``--policy ppo`` of the training scripts). It is the
-   ceiling any claim of memory has to beat: on MemoryS7 it can reach the object it walks to
-   by chance, half of the time.
+   ceiling any claim of memory has to beat.
 3. Evaluates both final models and a uniformly random policy on the same episodes of the
-   training task and of a longer test task (``--test-env``: the same view, a longer hallway,
-   the cue held for longer), and prints a table with 95% intervals of the success rate.
+   training task and of a test task where the cue must be held longer, and prints a table
+   with 95% intervals (mean return; success rate where the task has one).
+
+The default task, POPGym's RepeatFirst, asks at every step for the suit of the first card of
+the episode; the observation is the card just dealt and a first-step flag, without the
+previous action (``env_kwargs.previous_action:False``: with it, a memoryless policy could
+repeat its own last answer instead of remembering). A memoryless policy is at chance there,
+an expected return of -0.5; the test task deals 8 decks instead of 1, so the cue is held for
+415 steps instead of 51 (docs/results.md). For MiniGrid-Memory the job narrows the view to
+3x3, so the cue is out of sight at the fork, and tests on MemoryS11's longer hallway.
 
 Writes ``main_result.json`` and ``unit_activity.png`` in the RIM's run directory.
 """
@@ -23,16 +31,60 @@ import math
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
+from scipy import stats
 from stable_baselines3.common.base_class import BaseAlgorithm
 
+from envs import minigrid, popgym
 from rim_agents.evaluation import evaluate, evaluate_random, load_agent, write_json
 from rim_agents.training import make_config, parse_overrides, train
 
-# The view the job trains with: at 3x3 the cue is out of sight from the hallway's end, so
-# only memory tells which way to turn (docs/results.md: the memoryless control stays at 0.5).
-DEFAULT_OVERRIDES = ["env_kwargs.view_size:3"]
+
+class Task(NamedTuple):
+    """What the job does for one family of memory tasks."""
+
+    overrides: list[str]  # YAML overrides for both agents
+    steps: int  # default RIM training steps
+    test_env: str | None  # default test task for the family's default training task
+
+
+# POPGym: no previous action (see the docstring). MiniGrid: at a 3x3 view the cue is out of
+# sight at the fork, so only memory tells which way to turn (docs/results.md).
+TASKS = {
+    "popgym": Task(["env_kwargs.previous_action:False"], 300_000, None),
+    "minigrid": Task(["env_kwargs.view_size:3"], 1_000_000, "MiniGrid-MemoryS11-v0"),
+}
+
+
+def task_of(env_id: str) -> tuple[str, Task]:
+    """The family of ``env_id`` among those the job supports, and its settings."""
+    if popgym.owns(env_id):
+        return "popgym", TASKS["popgym"]
+    if minigrid.owns(env_id):
+        return "minigrid", TASKS["minigrid"]
+    raise ValueError(f"--env {env_id!r}: the main job runs POPGym (popgym-*) and MiniGrid (MiniGrid-*) tasks")
+
+
+def default_test_env(env_id: str) -> str:
+    """The test task for ``env_id``: POPGym's next difficulty up, MiniGrid-Memory's MemoryS11."""
+    family, task = task_of(env_id)
+    if family == "popgym" and "Easy-" in env_id:
+        return env_id.replace("Easy-", "Medium-")
+    if family == "minigrid" and task.test_env is not None and env_id != task.test_env:
+        return task.test_env
+    raise ValueError(f"no default test task for {env_id!r}: pass --test-env")
+
+
+def return_interval(returns: list[float]) -> tuple[float, float]:
+    """95% t-interval of the mean return over episodes."""
+    n = len(returns)
+    mean = sum(returns) / n
+    if n < 2:
+        return mean, mean
+    sd = math.sqrt(sum((r - mean) ** 2 for r in returns) / (n - 1))
+    half = float(stats.t.ppf(0.975, n - 1)) * sd / math.sqrt(n)
+    return mean - half, mean + half
 
 
 def success_interval(successes: float, episodes: int) -> tuple[float, float]:
@@ -53,11 +105,21 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--env", default="MiniGrid-MemoryS7-v0", help="MiniGrid training task")
     parser.add_argument(
-        "--test-env", default="MiniGrid-MemoryS11-v0", help="longer task evaluated with the same view"
+        "--env", default="popgym-RepeatFirstEasy-v0", help="training task (POPGym or MiniGrid)"
     )
-    parser.add_argument("-n", "--n-timesteps", type=int, default=1_000_000, help="RIM training steps")
+    parser.add_argument(
+        "--test-env",
+        default=None,
+        help="task with the cue held longer (default: POPGym's Medium difficulty; MiniGrid-MemoryS11-v0)",
+    )
+    parser.add_argument(
+        "-n",
+        "--n-timesteps",
+        type=int,
+        default=None,
+        help="RIM training steps (default: POPGym 300k, MiniGrid 1M)",
+    )
     parser.add_argument(
         "--control-steps", type=int, default=300_000, help="training steps of the memoryless control"
     )
@@ -76,13 +138,17 @@ def main(argv: list[str] | None = None) -> int:
         "-params",
         "--hyperparams",
         nargs="+",
-        default=DEFAULT_OVERRIDES,
+        default=None,
         metavar="KEY:VALUE",
-        help=f"overrides of the YAML block for both agents (default: {' '.join(DEFAULT_OVERRIDES)})",
+        help="overrides of the YAML block for both agents, after the task's own ("
+        + "; ".join(f"{family}: {' '.join(task.overrides)}" for family, task in TASKS.items())
+        + ")",
     )
     args = parser.parse_args(argv)
     try:
-        overrides = parse_overrides(args.hyperparams)
+        _, task = task_of(args.env)
+        test_env = args.test_env or default_test_env(args.env)
+        overrides = parse_overrides([*task.overrides, *(args.hyperparams or [])])
         common: dict[str, Any] = dict(
             seed=args.seed,
             overrides=overrides,
@@ -92,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         budget = args.train_minutes * 60
         rim_config = make_config(
-            args.env, policy="rim", n_timesteps=args.n_timesteps, max_seconds=budget, **common
+            args.env, policy="rim", n_timesteps=args.n_timesteps or task.steps, max_seconds=budget, **common
         )
         control_config = make_config(args.env, policy="ppo", n_timesteps=args.control_steps, **common)
     except ValueError as error:
@@ -114,41 +180,45 @@ def main(argv: list[str] | None = None) -> int:
     env_kwargs = rim_config.hyperparams.get("env_kwargs")
     results: dict[str, dict[str, dict[str, Any]]] = {}
     start = time.perf_counter()
-    for task in (args.env, args.test_env):
-        results[task] = {
+    for env_id in (args.env, test_env):
+        results[env_id] = {
             "RIM": evaluate(
                 rim_dir / "final_model.zip",
-                env_id=task,
+                env_id=env_id,
                 episodes=args.episodes,
                 seed=eval_seed,
-                activations_path=rim_dir / "unit_activity.png" if task == args.env else None,
+                activations_path=rim_dir / "unit_activity.png" if env_id == args.env else None,
                 device=args.device,
                 num_threads=args.num_threads,
             ),
             "memoryless PPO": evaluate(
                 control_dir / "final_model.zip",
-                env_id=task,
+                env_id=env_id,
                 episodes=args.episodes,
                 seed=eval_seed,
                 device=args.device,
                 num_threads=args.num_threads,
             ),
-            "random": evaluate_random(task, episodes=args.episodes, seed=eval_seed, env_kwargs=env_kwargs),
+            "random": evaluate_random(env_id, episodes=args.episodes, seed=eval_seed, env_kwargs=env_kwargs),
         }
     eval_seconds = time.perf_counter() - start
 
     steps = {"RIM": trained_steps(rim_dir), "memoryless PPO": trained_steps(control_dir)}
-    view = (env_kwargs or {}).get("view_size", 7)
-    print(f"\n{args.episodes} episodes per cell, sampled actions, {view}x{view} view, seed {args.seed}")
-    print("| task | policy | training steps | success rate (95% interval) | mean return | mean length |")
-    print("|---|---|---|---|---|---|")
-    for task, by_policy in results.items():
+    options = ", ".join(f"{key}={value}" for key, value in (env_kwargs or {}).items()) or "none"
+    print(f"\n{args.episodes} episodes per cell, sampled actions, seed {args.seed}, env_kwargs: {options}")
+    print("| task | policy | training steps | mean return (95% interval) | success rate (95% interval) |")
+    print("|---|---|---|---|---|")
+    for env_id, by_policy in results.items():
         for name, result in by_policy.items():
-            low, high = success_interval(result["success_rate"], args.episodes)
+            low, high = return_interval(result["returns"])
             trained = f"{steps[name]:,}" if name in steps else "-"
+            success = "-"
+            if result["success_rate"] is not None:
+                s_low, s_high = success_interval(result["success_rate"], args.episodes)
+                success = f"{result['success_rate']:.2f} ({s_low:.2f}-{s_high:.2f})"
             print(
-                f"| {task} | {name} | {trained} | {result['success_rate']:.2f} ({low:.2f}-{high:.2f}) "
-                f"| {result['mean_return']:.3f} | {result['mean_length']:.1f} |"
+                f"| {env_id} | {name} | {trained} | {result['mean_return']:.3f} ({low:.3f} to {high:.3f}) "
+                f"| {success} |"
             )
     print(
         f"\nRIM training {rim_seconds:.0f} s, memoryless control {control_seconds:.0f} s, "
