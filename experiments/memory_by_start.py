@@ -31,7 +31,8 @@ GROUPS = (
 
 
 def success_by_start(model_path: Path, env_id: str, episodes: int, seed: int) -> dict[str, dict[str, float]]:
-    """Episodes and success rate per start group, sampled actions, levels ``seed .. seed + episodes - 1``."""
+    """Episodes and success rate (None without episodes) per start group, sampled actions, levels
+    ``seed .. seed + episodes - 1``."""
     model, config = load_agent(model_path, device="cpu")
     env_kwargs = dict(config.hyperparams.get("env_kwargs") or {}) if config is not None else {}
     env = make_minigrid(env_id, **env_kwargs)
@@ -49,10 +50,7 @@ def success_by_start(model_path: Path, env_id: str, episodes: int, seed: int) ->
             looked |= int(grid.agent_pos[0]) <= 2 and int(grid.agent_dir) == 2  # facing west near the cue
         group = GROUPS[0] if start_x == 1 else GROUPS[1] if looked else GROUPS[2]
         outcomes[group].append(success)
-    return {
-        g: {"episodes": len(v), "success": float(np.mean(v)) if v else float("nan")}
-        for g, v in outcomes.items()
-    }
+    return {g: {"episodes": len(v), "success": float(np.mean(v)) if v else None} for g, v in outcomes.items()}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -72,8 +70,13 @@ def main(argv: list[str] | None = None) -> int:
     for path in args.models:
         result = success_by_start(path, args.env, args.episodes, args.seed)
         rows.append({"model": str(path), **result})
-        cells = " | ".join(f"{result[g]['episodes']}, {result[g]['success']:.2f}" for g in GROUPS)
-        print(f"| {path.parent.name} | {cells} |")
+        cells = " | ".join(
+            f"{result[g]['episodes']}, "
+            + ("-" if result[g]["success"] is None else f"{result[g]['success']:.2f}")
+            for g in GROUPS
+        )
+        run = path.parent.parent if path.parent.name == "checkpoints" else path.parent
+        print(f"| {run.name}/{path.stem} | {cells} |")
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(rows, indent=1) + "\n")

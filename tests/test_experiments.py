@@ -88,4 +88,5 @@ def test_memory_by_start_splits_episodes_by_where_the_cue_was_seen(tmp_path) -> 
     (row,) = json.loads(out.read_text())
     groups = [value for key, value in row.items() if key != "model"]
     assert len(groups) == 3 and sum(group["episodes"] for group in groups) == 6
+    assert all((group["success"] is None) == (group["episodes"] == 0) for group in groups)
     assert all(0.0 <= group["success"] <= 1.0 for group in groups if group["episodes"])
