@@ -105,46 +105,6 @@ def test_native_matches_the_pytorch_path_for_random_configurations(seed: int) ->
 
 @needs_native
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
-def test_native_splits_a_large_batch_across_threads_and_still_matches(cell: str) -> None:
-    """At 2 threads a batch of 21 x 64 steps runs as two chunks of rows (10 and 11) on two
-    threads; outputs and every gradient match the PyTorch path and the one-thread op."""
-    seq_len, batch, features = 64, 21, 6
-    config = dict(
-        num_units=4, unit_size=8, top_k=2, num_layers=2, cell=cell, input_dropout=0.2, comm_dropout=0.3
-    )
-    torch.manual_seed(0)
-    x = torch.randn(seq_len, batch, features)
-    hx = (torch.randn(2, batch, 32), torch.randn(2, batch, 32))
-    starts = (torch.rand(seq_len, batch) < 0.1).float()
-    threads = torch.get_num_threads()
-    results = {}
-    try:
-        for name, backend, count in (
-            ("torch", "torch", 2),
-            ("one thread", "native", 1),
-            ("chunked", "native", 2),
-        ):
-            torch.set_num_threads(count)
-            if name == "chunked":
-                assert native.load().num_chunks(seq_len, batch) == 2
-            torch.manual_seed(1)
-            rim = RIM(features, backend=backend, **config).train()
-            results[name] = _run(rim, x, hx, starts, seed=2)
-    finally:
-        torch.set_num_threads(threads)
-    names = [name for name, _ in rim.named_parameters()] + ["input", "h_0", "c_0"]
-    for other in ("torch", "one thread"):
-        assert torch.equal(results[other][3], results["chunked"][3])
-        for what, a, b in zip(
-            ("output", "h_n", "c_n"), results[other][:3], results["chunked"][:3], strict=True
-        ):
-            _close(b, a, f"{what} vs {other}")
-        for what, a, b in zip(names, results[other][4], results["chunked"][4], strict=True):
-            _close(b, a, f"grad of {what} vs {other}")
-
-
-@needs_native
-@pytest.mark.parametrize("cell", ["lstm", "gru"])
 @pytest.mark.parametrize("communication", ["gated", "linear", "off"])
 def test_native_matches_the_plain_reference(cell: str, communication: str) -> None:
     read = {"comm_read": communication} if communication != "off" else {"communicate": False}

@@ -198,9 +198,9 @@ class _RimLayer(torch.autograd.Function):
         args = LayerInputs(*(None if t is None else t.contiguous() for t in inputs))  # type: ignore[arg-type]
         result = module.forward(*args, *config)
         output, h_n, c_n, active = result[:4]
-        buffers = result[4:]  # 11 per chunk of rows the op ran on its own thread
+        hp, cp, act, tc, wsig, query, h1, qkv, att, read, pact = result[4:]
         ctx.config = config
-        ctx.save_for_backward(*args, active, *buffers)
+        ctx.save_for_backward(*args, hp, cp, act, tc, wsig, query, active, h1, qkv, att, read, pact)
         ctx.mark_non_differentiable(active)
         return output, h_n, c_n, active
 
@@ -211,7 +211,7 @@ class _RimLayer(torch.autograd.Function):
     ) -> tuple[Tensor | None, ...]:
         saved = ctx.saved_tensors
         args = LayerInputs(*saved[: len(LayerInputs._fields)])
-        active, *buffers = saved[len(LayerInputs._fields) :]
+        buffers = list(saved[len(LayerInputs._fields) :])
         zeros = args.h0.new_zeros(args.h0.shape)
         if grad_output is None:
             units, batch, size = args.h0.shape
@@ -220,7 +220,6 @@ class _RimLayer(torch.autograd.Function):
             grad_output.contiguous(),
             zeros if grad_h is None else grad_h.contiguous(),
             zeros if grad_c is None else grad_c.contiguous(),
-            active,
             buffers,
             args.keys,
             args.gates,

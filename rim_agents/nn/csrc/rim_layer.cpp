@@ -17,7 +17,6 @@
 // Q query width, A comm heads, E comm key size, V comm value size,
 // W = A*(2E+V) qkv width, R = A*V read width, O = H (linear read) or 2H (gated read).
 
-#include <ATen/Parallel.h>
 #include <torch/extension.h>
 
 #include <algorithm>
@@ -731,50 +730,11 @@ void check_inputs(const std::vector<Tensor>& tensors, const Tensor& like) {
   }
 }
 
-// The rows of a batch never meet: each chunk of rows runs the whole loop on its own thread,
-// with its own saved buffers; the backward sums the chunks' weight gradients. A chunk gets
-// at least kChunkRows rows and kChunkWork row-steps, so that a rollout step (L = 1) or a
-// small batch stays on one thread, where a wake-up would cost more than it saves.
-constexpr int64_t kChunkRows = 8;
-constexpr int64_t kChunkWork = 512;
-constexpr size_t kBuffers = 11;  // saved buffers per chunk: hp cp act tc wsig query h1 qkv att read pact
-
-int64_t num_chunks(int64_t L, int64_t N) {
-  const int64_t by_threads = at::in_parallel_region() ? 1 : at::get_num_threads();
-  return std::max<int64_t>(1, std::min({by_threads, N / kChunkRows, L * N / kChunkWork}));
-}
-
-// Rows [begin, end) of chunk i of n over a batch of N.
-std::pair<int64_t, int64_t> chunk_rows(int64_t i, int64_t n, int64_t N) { return {i * N / n, (i + 1) * N / n}; }
-
-// Rows [begin, end) of an optional tensor along its batch dimension, contiguous.
-Tensor rows_of(const Tensor& t, int64_t dim, std::pair<int64_t, int64_t> rows) {
-  return t.defined() ? t.narrow(dim, rows.first, rows.second - rows.first).contiguous() : t;
-}
-
-// Runs body(i) for each chunk i on the intra-op threads, each with a one-thread BLAS.
-template <typename F>
-void for_each_chunk(int64_t chunks, const F& body) {
-  if (chunks == 1) {
-    OneBlasThread one_thread;
-    body(0);
-    return;
-  }
-  at::parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) {
-    OneBlasThread one_thread;
-    for (int64_t i = begin; i < end; ++i) body(i);
-  });
-}
-
-Tensor cat_defined(const std::vector<Tensor>& parts, int64_t dim) {
-  return parts.size() == 1 || !parts[0].defined() ? parts[0] : at::cat(parts, dim);
-}
-
 // keys (L, N, Q); xg (L, N, K, G); h0, c0 (K, N, H); keep (L, N); w_rec (K, H, G+Q);
 // b_rec (K, G+Q); b_ih (K, G) for a GRU; in_mask (L, K, N); qkv_w (K, H, W);
 // out_w (K, R, O); out_b (K, 2H) for the gated read; comm_mask (L, N, A, K, K).
 // Returns output (L, N, K*H), h_n, c_n (K, N, H), active (L, K, N), then what the
-// backward needs: kBuffers tensors per chunk of rows.
+// backward needs.
 std::vector<Tensor> rim_layer_forward(const Tensor& keys, const Tensor& xg, const Tensor& h0, const Tensor& c0,
                                       const c10::optional<Tensor>& keep, const Tensor& w_rec, const Tensor& b_rec,
                                       const c10::optional<Tensor>& b_ih, const c10::optional<Tensor>& in_mask,
@@ -787,98 +747,34 @@ std::vector<Tensor> rim_layer_forward(const Tensor& keys, const Tensor& xg, cons
                keys);
   const Dims d = make_dims(xg, h0, keys, qkv_w, out_b, top_k, lstm, heads, key_size, value_size);
   at::NoGradGuard no_grad;
-  const int64_t chunks = num_chunks(d.L, d.N);
-  // Each chunk's rows of the batched inputs: keys, xg, h0, c0, keep, in_mask, comm_mask.
-  std::vector<std::vector<Tensor>> inputs(chunks);
-  for (int64_t i = 0; i < chunks; ++i) {
-    const auto rows = chunk_rows(i, chunks, d.N);
-    inputs[i] = chunks == 1 ? std::vector<Tensor>{keys, xg, h0, c0, opt(keep), opt(in_mask), opt(comm_mask)}
-                            : std::vector<Tensor>{rows_of(keys, 1, rows),        rows_of(xg, 1, rows),
-                                                  rows_of(h0, 1, rows),          rows_of(c0, 1, rows),
-                                                  rows_of(opt(keep), 1, rows),   rows_of(opt(in_mask), 2, rows),
-                                                  rows_of(opt(comm_mask), 1, rows)};
-  }
-  std::vector<std::vector<Tensor>> parts(chunks);
+  OneBlasThread one_thread;
+  std::vector<Tensor> result;
   AT_DISPATCH_FLOATING_TYPES(keys.scalar_type(), "rim_layer_forward", [&] {
-    for_each_chunk(chunks, [&](int64_t i) {
-      const auto& in = inputs[i];
-      Dims di = d;
-      di.N = in[0].size(1);
-      parts[i] = forward_impl<scalar_t>(di, in[0], in[1], in[2], in[3], in[4], w_rec, b_rec, opt(b_ih), in[5],
-                                        opt(qkv_w), opt(out_w), opt(out_b), in[6]);
-    });
+    result = forward_impl<scalar_t>(d, keys, xg, h0, c0, opt(keep), w_rec, b_rec, opt(b_ih), opt(in_mask),
+                                    opt(qkv_w), opt(out_w), opt(out_b), opt(comm_mask));
   });
-  if (chunks == 1) return parts[0];
-  auto gather = [&](size_t index, int64_t dim) {
-    std::vector<Tensor> pieces;
-    for (const auto& part : parts) pieces.push_back(part[index]);
-    return cat_defined(pieces, dim);
-  };
-  std::vector<Tensor> result{gather(0, 1), gather(1, 1), gather(2, 1), gather(3, 2)};
-  for (const auto& part : parts) result.insert(result.end(), part.begin() + 4, part.end());
   return result;
 }
 
 // Gradients of keys, xg, h0, c0, w_rec, b_rec, b_ih, qkv_w, out_w, out_b (undefined where
-// the input was absent). `active` (L, K, N) and `buffers` come from the forward; the number
-// of buffers gives the forward's chunks of rows.
+// the input was absent).
 std::vector<Tensor> rim_layer_backward(const Tensor& grad_out, const Tensor& grad_hn, const Tensor& grad_cn,
-                                       const Tensor& active, const std::vector<Tensor>& buffers,
-                                       const Tensor& keys, const Tensor& xg, const Tensor& h0,
-                                       const c10::optional<Tensor>& keep, const Tensor& w_rec,
+                                       const std::vector<Tensor>& saved, const Tensor& keys, const Tensor& xg,
+                                       const Tensor& h0, const c10::optional<Tensor>& keep, const Tensor& w_rec,
                                        const c10::optional<Tensor>& b_ih, const c10::optional<Tensor>& in_mask,
                                        const c10::optional<Tensor>& qkv_w, const c10::optional<Tensor>& out_w,
                                        const c10::optional<Tensor>& out_b, const c10::optional<Tensor>& comm_mask,
                                        int64_t top_k, bool lstm, int64_t heads, int64_t key_size,
                                        int64_t value_size) {
   check_inputs({grad_out, grad_hn, grad_cn}, keys);
-  TORCH_CHECK(!buffers.empty() && buffers.size() % kBuffers == 0, "rim_layer: expected ", kBuffers,
-              " saved buffers per chunk, got ", buffers.size());
   const Dims d = make_dims(xg, h0, keys, qkv_w, out_b, top_k, lstm, heads, key_size, value_size);
   at::NoGradGuard no_grad;
-  const int64_t chunks = static_cast<int64_t>(buffers.size() / kBuffers);
-  // Each chunk's saved tensors (hp cp act tc wsig query active h1 qkv att read pact) and its
-  // rows of grad_out, grad_hn, grad_cn, keys, xg, keep, in_mask, comm_mask.
-  std::vector<std::vector<Tensor>> saved(chunks), inputs(chunks);
-  for (int64_t i = 0; i < chunks; ++i) {
-    const auto rows = chunk_rows(i, chunks, d.N);
-    const auto first = buffers.begin() + i * kBuffers;
-    saved[i].assign(first, first + 6);
-    saved[i].push_back(chunks == 1 ? active : rows_of(active, 2, rows));
-    saved[i].insert(saved[i].end(), first + 6, first + kBuffers);
-    inputs[i] = chunks == 1
-                    ? std::vector<Tensor>{grad_out, grad_hn, grad_cn, keys, xg, opt(keep), opt(in_mask), opt(comm_mask)}
-                    : std::vector<Tensor>{rows_of(grad_out, 1, rows),       rows_of(grad_hn, 1, rows),
-                                          rows_of(grad_cn, 1, rows),        rows_of(keys, 1, rows),
-                                          rows_of(xg, 1, rows),             rows_of(opt(keep), 1, rows),
-                                          rows_of(opt(in_mask), 2, rows),   rows_of(opt(comm_mask), 1, rows)};
-  }
-  std::vector<std::vector<Tensor>> parts(chunks);
-  AT_DISPATCH_FLOATING_TYPES(keys.scalar_type(), "rim_layer_backward", [&] {
-    for_each_chunk(chunks, [&](int64_t i) {
-      const auto& in = inputs[i];
-      Dims di = d;
-      di.N = in[3].size(1);
-      parts[i] = backward_impl<scalar_t>(di, in[0], in[1], in[2], saved[i], in[3], in[4], in[5], w_rec, opt(b_ih),
-                                         in[6], opt(qkv_w), opt(out_w), in[7]);
-    });
-  });
-  if (chunks == 1) return parts[0];
-  // dkeys, dxg, dh0, dc0 by rows; the weight gradients summed over chunks.
+  OneBlasThread one_thread;
   std::vector<Tensor> result;
-  for (size_t index = 0; index < parts[0].size(); ++index) {
-    std::vector<Tensor> pieces;
-    for (const auto& part : parts) pieces.push_back(part[index]);
-    if (index < 4) {
-      result.push_back(cat_defined(pieces, 1));
-    } else if (!pieces[0].defined()) {
-      result.push_back(pieces[0]);
-    } else {
-      Tensor sum = pieces[0].clone();
-      for (size_t i = 1; i < pieces.size(); ++i) sum.add_(pieces[i]);
-      result.push_back(sum);
-    }
-  }
+  AT_DISPATCH_FLOATING_TYPES(keys.scalar_type(), "rim_layer_backward", [&] {
+    result = backward_impl<scalar_t>(d, grad_out, grad_hn, grad_cn, saved, keys, xg, opt(keep), w_rec, opt(b_ih),
+                                     opt(in_mask), opt(qkv_w), opt(out_w), opt(comm_mask));
+  });
   return result;
 }
 
@@ -892,6 +788,5 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("forward", &rim_layer_forward, "one RIM layer over a sequence (CPU)");
   m.def("backward", &rim_layer_backward, "its gradients");
   m.def("has_blas", &has_blas, "whether libtorch exports sgemm_/dgemm_");
-  m.def("num_chunks", &num_chunks, "chunks of rows (threads) the op splits a batch of (L, N) into now");
   m.def("empty_cache", &empty_cache, "free the cached saved-buffer blocks; returns the bytes freed");
 }
