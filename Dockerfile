@@ -1,5 +1,6 @@
 # rim_agents: RIM policies for sb3-contrib's RecurrentPPO. The default command runs the main
-# job (train a RIM agent on MiniGrid-MemoryS7-v0, then evaluate it against a random policy).
+# job (train a RIM agent on POPGym's RepeatFirst and the memoryless control, then evaluate
+# both and a random policy there and on the 8x longer RepeatFirstMedium).
 #   docker build -t rim_agents .
 #   docker run --rm -v "$PWD/logs:/app/logs" rim_agents            # main job, results in ./logs
 #   docker run --rm rim_agents make test                           # the test suite
