@@ -2,7 +2,7 @@
 tasks, per policy, with 95% t-intervals over seeds.
 
     .venv/bin/python experiments/popgym_summary.py runs/popgym_repeat_first_noact \\
-        --test-env popgym-RepeatFirstMedium-v0 --episodes 100 \\
+        --test-env popgym-RepeatFirstMedium-v0 --episodes 200 \\
         --json docs/results/popgym_repeat_first_noact.json
 
 POPGym's returns are normalised to [-1, 1]. MMER is the largest mean return over a run's
