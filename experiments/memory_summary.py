@@ -13,25 +13,14 @@ actions), sampled actions, the same evaluation seed for every run.
 from __future__ import annotations
 
 import argparse
-import json
-import statistics
 import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from scipy import stats
+from study_summary import report  # experiments/ is the script's folder, so on sys.path
 
 from rim_agents.evaluation import evaluate, find_config
-
-
-def interval(values: list[float]) -> tuple[float, float]:
-    """Mean and the half-width of its 95% t-interval (0 for a single value)."""
-    mean = statistics.fmean(values)
-    if len(values) < 2:
-        return mean, 0.0
-    half = stats.t.ppf(0.975, len(values) - 1) * statistics.stdev(values) / len(values) ** 0.5
-    return mean, float(half)
 
 
 def run_summary(run_dir: Path, last: int, test_envs: list[str], episodes: int) -> dict[str, Any]:
@@ -73,23 +62,9 @@ def main(argv: list[str] | None = None) -> int:
     rows = [run_summary(run, args.last, args.test_env, args.episodes) for run in runs]
     columns = [f"train_success_last{args.last}", "train_success_final"]
     columns += [f"test_success/{env_id}" for env_id in args.test_env]
-    summary: dict[str, dict[str, Any]] = {}
-    for policy in sorted({row["policy"] for row in rows}):
-        mine = [row for row in rows if row["policy"] == policy]
-        summary[policy] = {"seeds": len(mine), "steps": min(row["steps"] for row in mine)}
-        for column in columns:
-            summary[policy][column] = interval([row[column] for row in mine])
     names = [f"last {args.last} evaluations", "final evaluation"]
     names += [f"final model on {env_id}" for env_id in args.test_env]
-    print("| policy | seeds | steps | " + " | ".join(f"success, {name}" for name in names) + " |")
-    print("|---|---|---|" + "---|" * len(names))
-    for policy, cells in summary.items():
-        values = " | ".join(f"{cells[c][0]:.2f} ± {cells[c][1]:.2f}" for c in columns)
-        print(f"| {policy} | {cells['seeds']} | {cells['steps']:,} | {values} |")
-    print("(mean over seeds ± half-width of the 95% t-interval; one seed: no interval)")
-    if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"rows": rows, "summary": summary}, indent=1) + "\n")
+    report(rows, columns, [f"success, {name}" for name in names], "mean", args.json)
     return 0
 
 

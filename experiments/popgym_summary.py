@@ -15,13 +15,12 @@ and the same evaluation seed for every run.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from memory_summary import interval  # experiments/ is the script's folder, so on sys.path
+from study_summary import report  # experiments/ is the script's folder, so on sys.path
 
 from envs.popgym import max_mean_episodic_reward
 from rim_agents.evaluation import evaluate, find_config
@@ -64,21 +63,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     rows = [run_summary(run, args.test_env, args.episodes) for run in runs]
     columns = ["mmer", "final_evaluation"] + [key for key in rows[0] if key.startswith("final_model/")]
-    summary: dict[str, dict[str, Any]] = {}
-    for policy in sorted({row["policy"] for row in rows}):
-        mine = [row for row in rows if row["policy"] == policy]
-        summary[policy] = {"seeds": len(mine), "steps": min(row["steps"] for row in mine)}
-        for column in columns:
-            summary[policy][column] = interval([row[column] for row in mine])
-    print("| policy | seeds | steps | " + " | ".join(columns) + " |")
-    print("|---|---|---|" + "---|" * len(columns))
-    for policy, cells in summary.items():
-        values = " | ".join(f"{cells[c][0]:.2f} ± {cells[c][1]:.2f}" for c in columns)
-        print(f"| {policy} | {cells['seeds']} | {cells['steps']:,} | {values} |")
-    print("(mean return over seeds ± half-width of the 95% t-interval; one seed: no interval)")
-    if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"rows": rows, "summary": summary}, indent=1) + "\n")
+    report(rows, columns, columns, "mean return", args.json)
     return 0
 
 

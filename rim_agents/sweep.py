@@ -53,6 +53,7 @@ from optuna.trial import FrozenTrial, Trial, TrialState
 from stable_baselines3.common.callbacks import BaseCallback
 
 from rim_agents.callbacks import checkpoint_problem, sorted_checkpoints
+from rim_agents.stats import t_half_width
 from rim_agents.training import (
     CHECKPOINT_DIR,
     HYPERPARAM_KEYS,
@@ -927,13 +928,6 @@ def _mean_std(values: list[float]) -> tuple[float, float | None]:
     return float(array.mean()), float(array.std(ddof=1)) if len(array) > 1 else None
 
 
-def _ci95(std: float | None, n: int) -> float | None:
-    """Half-width of the 95% t-interval of a mean over ``n`` seeds (None for a single value)."""
-    from scipy import stats
-
-    return None if std is None else float(stats.t.ppf(0.975, n - 1) * std / np.sqrt(n))
-
-
 def _format(mean: float | None, half_width: float | None) -> str:
     if mean is None:
         return "-"
@@ -994,14 +988,15 @@ def summarize(
         )
     rows = []
     for runs in groups.values():
-        mean, std = _mean_std([run["return"] for run in runs])
+        final_returns = [run["return"] for run in runs]
+        mean, std = _mean_std(final_returns)
         row: dict[str, Any] = {axis: runs[0]["cell"].get(axis) for axis in axes}
         row.update(
             {
                 "n_seeds": len(runs),
                 "mean_return": mean,
                 "std_return": std,
-                "ci95_return": _ci95(std, len(runs)),
+                "ci95_return": t_half_width(final_returns),
             }
         )
         successes = [run["success"] for run in runs if run["success"] is not None]
@@ -1010,7 +1005,7 @@ def summarize(
             {
                 "success_rate": success,
                 "std_success_rate": success_std,
-                "ci95_success_rate": _ci95(success_std, len(successes)),
+                "ci95_success_rate": t_half_width(successes),
             }
         )
         peaks = [

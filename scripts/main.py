@@ -33,11 +33,11 @@ import time
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from scipy import stats
 from stable_baselines3.common.base_class import BaseAlgorithm
 
 from envs import minigrid, popgym
 from rim_agents.evaluation import evaluate, evaluate_random, load_agent, write_json
+from rim_agents.stats import t_half_width
 from rim_agents.training import make_config, parse_overrides, train
 
 
@@ -78,12 +78,8 @@ def default_test_env(env_id: str) -> str:
 
 def return_interval(returns: list[float]) -> tuple[float, float]:
     """95% t-interval of the mean return over episodes."""
-    n = len(returns)
-    mean = sum(returns) / n
-    if n < 2:
-        return mean, mean
-    sd = math.sqrt(sum((r - mean) ** 2 for r in returns) / (n - 1))
-    half = float(stats.t.ppf(0.975, n - 1)) * sd / math.sqrt(n)
+    mean = sum(returns) / len(returns)
+    half = t_half_width(returns) or 0.0
     return mean - half, mean + half
 
 
