@@ -33,6 +33,7 @@ def run_summary(run_dir: Path, last: int, test_envs: list[str], episodes: int) -
     success = (evaluations["results"] > 0).mean(axis=1)
     row: dict[str, Any] = {
         "run": run_dir.name,
+        "env": config.env,
         "policy": config.policy,
         "seed": config.seed,
         "steps": int(evaluations["timesteps"][-1]),

@@ -1,7 +1,8 @@
-"""The per-policy table both study summaries print: mean over seeds with a 95% t-interval.
+"""The per-task, per-policy table the study summaries print: mean over seeds with a 95% t-interval.
 
-``memory_summary.py`` (MiniGrid success) and ``popgym_summary.py`` (POPGym returns) build one
-row per run; this groups the rows by policy, prints the markdown table and writes the JSON.
+``memory_summary.py`` (MiniGrid success) and ``returns_summary.py`` (POPGym and MinAtar
+returns) build one row per run; this groups the rows by training task and policy, prints the
+markdown table and writes the JSON.
 """
 
 from __future__ import annotations
@@ -21,27 +22,32 @@ def interval(values: list[float]) -> tuple[float, float]:
 
 def report(
     rows: list[dict[str, Any]], columns: list[str], titles: list[str], unit: str, json_path: Path | None
-) -> dict[str, dict[str, Any]]:
-    """Group ``rows`` by policy, print the table, write ``{"rows", "summary"}`` to ``json_path``.
+) -> dict[str, dict[str, dict[str, Any]]]:
+    """Group ``rows`` by ``env`` and ``policy``, print the table, write ``{"rows", "summary"}`` to ``json_path``.
 
-    :param rows: one dict per run with ``policy``, ``steps`` and every column
+    :param rows: one dict per run with ``env``, ``policy``, ``steps`` and every column
     :param columns: the row keys summarised, in table order
     :param titles: their column titles
     :param unit: what the means are of, for the table's footnote (e.g. ``"mean return"``)
     :param json_path: where to write the rows and the summary; None skips it
-    :return: per policy: ``seeds``, ``steps`` (the fewest of its runs) and (mean, half-width) per column
+    :return: per task, per policy: ``seeds``, ``steps`` (the fewest of its runs) and
+        (mean, half-width) per column
     """
-    summary: dict[str, dict[str, Any]] = {}
-    for policy in sorted({row["policy"] for row in rows}):
-        mine = [row for row in rows if row["policy"] == policy]
-        summary[policy] = {"seeds": len(mine), "steps": min(row["steps"] for row in mine)}
-        for column in columns:
-            summary[policy][column] = interval([row[column] for row in mine])
-    print("| policy | seeds | steps | " + " | ".join(titles) + " |")
-    print("|---|---|---|" + "---|" * len(titles))
-    for policy, cells in summary.items():
-        values = " | ".join(f"{cells[c][0]:.2f} ± {cells[c][1]:.2f}" for c in columns)
-        print(f"| {policy} | {cells['seeds']} | {cells['steps']:,} | {values} |")
+    summary: dict[str, dict[str, dict[str, Any]]] = {}
+    for env in sorted({row["env"] for row in rows}):
+        summary[env] = {}
+        for policy in sorted({row["policy"] for row in rows if row["env"] == env}):
+            mine = [row for row in rows if row["env"] == env and row["policy"] == policy]
+            cells: dict[str, Any] = {"seeds": len(mine), "steps": min(row["steps"] for row in mine)}
+            for column in columns:
+                cells[column] = interval([row[column] for row in mine])
+            summary[env][policy] = cells
+    print("| task | policy | seeds | steps | " + " | ".join(titles) + " |")
+    print("|---|---|---|---|" + "---|" * len(titles))
+    for env, policies in summary.items():
+        for policy, cells in policies.items():
+            values = " | ".join(f"{cells[c][0]:.2f} ± {cells[c][1]:.2f}" for c in columns)
+            print(f"| {env} | {policy} | {cells['seeds']} | {cells['steps']:,} | {values} |")
     print(f"({unit} over seeds ± half-width of the 95% t-interval; one seed: no interval)")
     if json_path is not None:
         json_path.parent.mkdir(parents=True, exist_ok=True)

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from envs.popgym import max_mean_episodic_reward
 from rim_agents.training import make_config, parse_overrides, train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -34,12 +35,12 @@ def popgym_runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
-def test_popgym_summary_reports_mmer_and_the_final_models_on_a_harder_task(
+def test_returns_summary_reports_mmer_and_the_final_models_on_a_harder_task(
     popgym_runs: Path, tmp_path
 ) -> None:
     out = tmp_path / "summary.json"
     result = _script(
-        "popgym_summary.py",
+        "returns_summary.py",
         popgym_runs,
         "--test-env",
         "popgym-RepeatFirstMedium-v0",
@@ -55,18 +56,19 @@ def test_popgym_summary_reports_mmer_and_the_final_models_on_a_harder_task(
         run_dir = next(popgym_runs.glob(f"*__{row['policy']}__0__*"))
         with np.load(run_dir / "eval" / "evaluations.npz") as evaluations:
             means = evaluations["results"].mean(axis=1)
-        assert row["mmer"] == pytest.approx(means.max()) and row["final_evaluation"] == pytest.approx(
-            means[-1]
-        )
-        for task in ("popgym-RepeatFirstEasy-v0", "popgym-RepeatFirstMedium-v0"):
-            assert -1.0 <= row[f"final_model/{task}"] <= 1.0
+        assert row["best_evaluation"] == pytest.approx(max_mean_episodic_reward(run_dir))
+        assert row["best_evaluation"] == pytest.approx(means.max())
+        assert row["final_evaluation"] == pytest.approx(means[-1])
+        for key in ("final_model", "final_model/popgym-RepeatFirstMedium-v0"):
+            assert -1.0 <= row[key] <= 1.0
     # One seed per policy: the mean and no interval.
-    assert data["summary"]["rim"]["seeds"] == 1 and data["summary"]["rim"]["mmer"][1] == 0.0
-    assert "| rim | 1 | 512 |" in result.stdout
+    rim = data["summary"]["popgym-RepeatFirstEasy-v0"]["rim"]
+    assert rim["seeds"] == 1 and rim["best_evaluation"][1] == 0.0
+    assert "| popgym-RepeatFirstEasy-v0 | rim | 1 | 512 |" in result.stdout
 
 
 def test_popgym_summary_without_finished_runs_fails_clearly(tmp_path) -> None:
-    result = _script("popgym_summary.py", tmp_path)
+    result = _script("returns_summary.py", tmp_path)
     assert result.returncode == 2 and "no finished runs" in result.stderr
 
 
@@ -90,3 +92,29 @@ def test_memory_by_start_splits_episodes_by_where_the_cue_was_seen(tmp_path) -> 
     assert len(groups) == 3 and sum(group["episodes"] for group in groups) == 6
     assert all((group["success"] is None) == (group["episodes"] == 0) for group in groups)
     assert all(0.0 <= group["success"] <= 1.0 for group in groups if group["episodes"])
+
+
+def test_study_summary_groups_rows_by_task_then_policy(tmp_path, capsys) -> None:
+    sys.path.insert(0, str(ROOT / "experiments"))
+    from study_summary import report
+
+    rows = [
+        {"env": env, "policy": policy, "steps": 1000 + seed, "score": score}
+        for env, policy, seed, score in [
+            ("A-v0", "rim", 0, 1.0), ("A-v0", "rim", 1, 3.0), ("A-v0", "ppo", 0, 5.0),
+            ("B-v0", "rim", 0, 7.0),
+        ]
+    ]  # fmt: skip
+    out = tmp_path / "summary.json"
+    summary = report(rows, ["score"], ["score"], "mean", out)
+    assert summary["A-v0"]["rim"]["seeds"] == 2 and summary["A-v0"]["rim"]["steps"] == 1000
+    assert summary["A-v0"]["rim"]["score"][0] == pytest.approx(2.0)
+    assert summary["A-v0"]["rim"]["score"][1] == pytest.approx(12.706, rel=1e-3)  # sd sqrt(2), se 1, t(1 dof)
+    assert summary["B-v0"] == {"rim": {"seeds": 1, "steps": 1000, "score": (7.0, 0.0)}}
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[2:5] == [
+        "| A-v0 | ppo | 1 | 1,000 | 5.00 ± 0.00 |",
+        "| A-v0 | rim | 2 | 1,000 | 2.00 ± 12.71 |",
+        "| B-v0 | rim | 1 | 1,000 | 7.00 ± 0.00 |",
+    ]
+    assert json.loads(out.read_text())["summary"]["A-v0"]["ppo"]["score"] == [5.0, 0.0]
