@@ -28,7 +28,7 @@ from rim_agents.evaluation import evaluate, find_config
 
 
 def run_summary(run_dir: Path, test_envs: list[str], episodes: int) -> dict[str, Any]:
-    """One run: task, policy, seed, best and final evaluation, and the final model's mean return on each task."""
+    """One run: task, policy, seed, best and final evaluation, the final model's return per task."""
     config = find_config(run_dir / "final_model.zip")
     if config is None:
         raise ValueError(f"{run_dir} has no config.yaml: not a run directory of the training core")

@@ -23,7 +23,7 @@ def interval(values: list[float]) -> tuple[float, float]:
 def report(
     rows: list[dict[str, Any]], columns: list[str], titles: list[str], unit: str, json_path: Path | None
 ) -> dict[str, dict[str, dict[str, Any]]]:
-    """Group ``rows`` by ``env`` and ``policy``, print the table, write ``{"rows", "summary"}`` to ``json_path``.
+    """Group ``rows`` by ``env``, then ``policy``; print the table; write ``{"rows", "summary"}``.
 
     :param rows: one dict per run with ``env``, ``policy``, ``steps`` and every column
     :param columns: the row keys summarised, in table order
