@@ -14,7 +14,9 @@ Cases (the RL sizes are the project YAML's MiniGrid RIM, 4 units x 32, k=2):
               to honour them);
   rl-rollout  one rollout step, N=16, L=1, D=64, 4x32 k=2, inference, vs nn.LSTM(64, 128);
   rollout     one rollout step of the paper-size RIM, N=8, L=1, D=64, vs nn.LSTM(64, 600);
-  train       a long training batch of the paper-size RIM, N=32, L=128, D=64, with resets.
+  train       a long training batch of the paper-size RIM, N=32, L=128, D=64, with resets;
+  threads     the native op's forward+backward at several sizes, at --threads against one
+              thread (the op splits units across threads above a size; see docs/native.md).
 
 Each case times the RIM on its default backend (``RIM``: the native op on CPU where it
 builds), on the PyTorch path (``RIM, torch``), and with the paper's linear communication
@@ -41,7 +43,15 @@ from torch import nn
 from rim_agents.nn import RIM, native
 
 Case = Callable[[], None]
-CASES = ["paper", "rl-train", "rl-rollout", "rollout", "train"]
+CASES = ["paper", "rl-train", "rl-rollout", "rollout", "train", "threads"]
+# (L, N, K, H, k) of the threads case: the RL training shape up to the paper size.
+THREAD_SHAPES = [
+    (64, 16, 4, 32, 2),
+    (64, 16, 6, 64, 4),
+    (64, 32, 4, 64, 2),
+    (32, 8, 6, 100, 4),
+    (100, 64, 6, 100, 4),
+]
 # (row name, backend, communication read) of the RIM variants timed in every case.
 VARIANTS = [
     ("RIM", "auto", "gated"),
@@ -155,6 +165,34 @@ def rollout_cases(
     return cases
 
 
+def threads_case(threads: int, repeats: int, device: torch.device) -> None:
+    """The default RIM's forward+backward at ``threads`` threads against one, per size."""
+    if threads == 1 or device.type != "cpu":
+        print("\n## threads: skipped (needs --threads 2 or more, on the CPU)")
+        return
+    print(f"\n## native op, forward+backward at {threads} threads vs 1 (no resets, D=64)")
+    print("| L, N, K x H, k | L*N*K*H*H | 1 thread | ratio |")
+    print("|---|---|---|---|")
+    for seq_len, batch, units, unit_size, top_k in THREAD_SHAPES:
+        module = rim(64, (units, unit_size, top_k), device, "auto")
+        x = torch.randn(seq_len, batch, 64, device=device)
+        run = backward_case(lambda m=module, x=x: m(x)[0], list(module.parameters()))
+
+        def at(count: int, run: Case = run) -> Case:
+            def timed() -> None:
+                torch.set_num_threads(count)
+                run()
+
+            return timed
+
+        medians = measure({"1": at(1), "n": at(threads)}, repeats, device)
+        torch.set_num_threads(threads)
+        work = seq_len * batch * units * unit_size**2
+        shape = f"{seq_len}, {batch}, {units} x {unit_size}, {top_k}"
+        ratio = medians["n"] / medians["1"]
+        print(f"| {shape} | {work / 2**22:.1f} x 2^22 | {medians['1'] * 1e3:.1f} ms | {ratio:.2f} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -222,6 +260,9 @@ def main() -> None:
             f"training batch, paper-size RIM: forward+backward, N=32 L=128 D=64, {int(starts.sum())} resets"
         )
         ratios["train"] = report(title, measure(cases, args.repeats, device), "nn.LSTM", "per batch")
+
+    if "threads" in args.cases:
+        threads_case(threads, args.repeats, device)
 
     print("\n## targets (issue: fused RIM operator), RIM default backend / nn.LSTM")
     print("| case | ratio | must | goal | must holds |")

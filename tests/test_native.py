@@ -230,3 +230,49 @@ def test_empty_cache_frees_the_kept_blocks_and_calls_still_work() -> None:
     reference.load_state_dict(rim.state_dict())
     with torch.no_grad():
         torch.testing.assert_close(rim.eval()(x)[0], reference.eval()(x)[0], atol=1e-5, rtol=1e-5)
+
+
+@pytest.fixture
+def restore_threads():
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+@needs_native
+@pytest.mark.parametrize(
+    "config",
+    [
+        dict(num_units=2, top_k=1, cell="lstm"),
+        dict(num_units=3, top_k=2, cell="gru", comm_read="linear"),
+        dict(num_units=4, top_k=2, cell="lstm", communicate=False),
+        dict(num_units=5, top_k=3, cell="gru", communicate=False),
+        dict(num_units=6, top_k=4, cell="lstm", input_dropout=0.2, comm_dropout=0.3),
+    ],
+)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_threads_split_the_units_with_bitwise_the_same_result(config: dict, dtype, restore_threads) -> None:
+    # 32 steps x 16 rows x K units of 64: above the op's threshold for using threads.
+    torch.manual_seed(0)
+    x = torch.randn(32, 16, 12, dtype=dtype)
+    size = config["num_units"] * 64
+    hx = (torch.randn(1, 16, size, dtype=dtype), torch.randn(1, 16, size, dtype=dtype))
+    starts = (torch.rand(32, 16) < 0.1).to(dtype)
+    starts[0] = 1.0  # zero states: every score ties
+    training = "input_dropout" in config
+    runs = {}
+    for backend, threads in (("native", 1), ("native", 2), ("native", 3), ("torch", 2)):
+        torch.set_num_threads(threads)
+        torch.manual_seed(1)
+        rim = RIM(12, unit_size=64, backend=backend, **config).to(dtype).train(training)
+        runs[backend, threads] = _run(rim, x, hx, starts, seed=2)
+    one = runs["native", 1]
+    for threads in (2, 3):
+        many = runs["native", threads]
+        assert torch.equal(one[3], many[3])
+        for a, b in zip([*one[:3], *one[4]], [*many[:3], *many[4]], strict=True):
+            assert torch.equal(a, b), f"{threads} threads differ from one for {config}"
+    reference = runs["torch", 2]
+    assert torch.equal(reference[3], one[3])
+    for a, b in zip([*reference[:3], *reference[4]], [*one[:3], *one[4]], strict=True):
+        _close(b, a, f"{config}")

@@ -19,12 +19,18 @@
 
 #include <torch/extension.h>
 
+#include <pthread.h>
+
 #include <algorithm>
+#include <atomic>
 #include <cmath>
+#include <condition_variable>
 #include <cstdlib>
 #include <cstring>
+#include <functional>
 #include <map>
 #include <mutex>
+#include <thread>
 #include <utility>
 #include <vector>
 
@@ -203,10 +209,114 @@ class OneBlasThread {
   int previous_;
 };
 
+// Threads split the units. A unit's weights, state and weight gradients are its own, so
+// threads that own disjoint units never write the same memory; the parts of a step that
+// mix units (the top-k ranking, communication) meet at a barrier. The caller is member 0
+// of the team; the others are persistent workers, started on first use and asleep on a
+// condition variable between calls, so a call costs one wake-up, not a thread start.
+class Team {
+ public:
+  // A forked child has none of the parent's workers: it gets a fresh team. (torch's own
+  // intra-op pool hangs in a forked child at more than one thread, measured with torch
+  // 2.13, so a child should set one thread or the parent use spawn.)
+  static Team& instance() {
+    static std::once_flag registered;
+    std::call_once(registered, [] { pthread_atfork(nullptr, nullptr, [] { team_ = new Team(); }); });
+    return *team_;  // never destroyed: workers may still be asleep at exit
+  }
+
+  // body(member, size) on `size` threads, the caller as member 0; returns when all are done.
+  void run(int size, const std::function<void(int, int)>& body) {
+    if (size <= 1) {
+      body(0, 1);
+      return;
+    }
+    std::lock_guard<std::mutex> one_call(call_mutex_);
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      for (int index = workers_ + 1; index < size; ++index, ++workers_) {
+        std::thread([this, index] { work(index); }).detach();
+      }
+      body_ = &body;
+      size_ = size;
+      unfinished_.store(size - 1, std::memory_order_relaxed);
+      ++job_;
+    }
+    wake_.notify_all();
+    body(0, size);
+    wait_until([this] { return unfinished_.load(std::memory_order_acquire) == 0; });
+  }
+
+  // Every member of a run of `size` threads waits here until all have arrived.
+  void barrier(int size) {
+    if (size <= 1) return;
+    const int64_t phase = phase_.load(std::memory_order_acquire);
+    if (arrived_.fetch_add(1, std::memory_order_acq_rel) == size - 1) {
+      arrived_.store(0, std::memory_order_relaxed);
+      phase_.store(phase + 1, std::memory_order_release);
+    } else {
+      wait_until([&] { return phase_.load(std::memory_order_acquire) != phase; });
+    }
+  }
+
+ private:
+  Team() = default;
+
+  // Spin (the waits are microseconds long), yielding the core after a while in case the
+  // thread waited for is not running.
+  template <typename Done>
+  static void wait_until(Done done) {
+    for (int spins = 0; !done(); ++spins) {
+      if (spins > 2000) std::this_thread::yield();
+    }
+  }
+
+  void work(int index) {
+    int64_t seen = 0;
+    for (;;) {
+      const std::function<void(int, int)>* body;
+      int size;
+      {
+        std::unique_lock<std::mutex> lock(mutex_);
+        wake_.wait(lock, [&] { return job_ != seen; });
+        seen = job_;
+        body = body_;
+        size = size_;
+      }
+      if (index >= size) continue;
+      {
+        OneBlasThread one_thread;
+        (*body)(index, size);
+      }
+      unfinished_.fetch_sub(1, std::memory_order_acq_rel);
+    }
+  }
+
+  static Team* team_;
+  std::mutex call_mutex_, mutex_;
+  std::condition_variable wake_;
+  const std::function<void(int, int)>* body_ = nullptr;
+  int size_ = 1, workers_ = 0;
+  int64_t job_ = 0;
+  std::atomic<int> unfinished_{0}, arrived_{0};
+  std::atomic<int64_t> phase_{0};
+};
+
+Team* Team::team_ = new Team();
+
 struct Dims {
   int64_t L, N, K, H, G, Q, A, E, V, W, R, O, top_k;
   bool lstm, comm, gated;
 };
+
+// Members of the team for one call: torch's intra-op thread count, at most one per unit,
+// and one where the loop is too short to repay the wake-up and the barriers.
+constexpr int64_t kMinTeamWork = int64_t(1) << 22;  // L*N*K*H*H; see docs/native.md
+
+int team_size(const Dims& d) {
+  if (d.L * d.N * d.K * d.H * d.H < kMinTeamWork) return 1;
+  return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), d.K)));
+}
 
 // Optional tensors arrive as undefined Tensors; data pointer or null.
 template <typename T>
@@ -237,8 +347,6 @@ std::vector<Tensor> forward_impl(const Dims& d, const Tensor& keys, const Tensor
   Tensor pact = cached_empty({d.comm && d.gated ? L : 0, K, N, 2 * H}, opts);  // tanh(out), sigmoid(gate)
   Tensor h = h0.clone();
   Tensor c = d.lstm ? c0.clone() : at::zeros_like(h0);
-  std::vector<T> gbuf(N * G), hrows(N * H), score(K * N), pbuf(N * O), gathered(N * R), logits(K);
-  std::vector<int64_t> rows(N);
 
   const T* keys_p = keys.data_ptr<T>();
   const T* xg_p = xg.data_ptr<T>();
@@ -267,170 +375,183 @@ std::vector<Tensor> forward_impl(const Dims& d, const Tensor& keys, const Tensor
   T* h_p = h.data_ptr<T>();
   T* c_p = c.data_ptr<T>();
   const T inv_sqrt_e = T(1) / std::sqrt(T(E));
+  std::vector<T> scores(2 * K * N);  // by step parity: one member may rank step t while another scores t+1
+  const int size = team_size(d);
 
-  for (int64_t t = 0; t < L; ++t) {
-    // Reset, and save the state entering the step.
-    for (int64_t k = 0; k < K; ++k) {
-      for (int64_t n = 0; n < N; ++n) {
-        const T kp = keep ? keep[t * N + n] : T(1);
-        T* hs = h_p + (k * N + n) * H;
-        T* hsave = hp_p + ((k * L + t) * N + n) * H;
-        for (int64_t i = 0; i < H; ++i) hsave[i] = hs[i] = hs[i] * kp;
-        if (d.lstm) {
-          T* cs = c_p + (k * N + n) * H;
-          T* csave = cp_p + ((t * K + k) * N + n) * H;
-          for (int64_t i = 0; i < H; ++i) csave[i] = cs[i] = cs[i] * kp;
-        }
-      }
-    }
-    // Input queries of every unit, h @ W_q (the query columns of w_rec), and their scores
-    // against this step's input keys (the null row scores 0).
-    const T* keys_t = keys_p + t * N * Q;
-    for (int64_t k = 0; k < K; ++k) {
-      T* q = query_p + (t * K + k) * N * Q;
-      mm_ld<T>(false, false, N, Q, H, h_p + k * N * H, H, wr_p + k * H * GQ + G, GQ, T(0), q, Q);
-      for (int64_t n = 0; n < N; ++n) score[k * N + n] = dot(q + n * Q, keys_t + n * Q, Q);
-    }
-    // Top-k per sample: a unit is active when fewer than top_k units rank above it;
-    // ties go to the lower unit index (the PyTorch path's stable sort).
-    bool* act_t = active_p + t * K * N;
-    for (int64_t n = 0; n < N; ++n) {
-      for (int64_t k = 0; k < K; ++k) {
-        const T s = score[k * N + n];
-        int64_t rank = 0;
-        for (int64_t j = 0; j < K; ++j) {
-          const T o = score[j * N + n];
-          rank += (o > s) || (o == s && j < k);
-        }
-        act_t[k * N + n] = rank < d.top_k;
-      }
-    }
-    // Unit dynamics of the active units; inactive units keep h and c as they are. Their
-    // hidden-to-gate terms, b + h @ W_hh, in one matmul over the unit's active rows.
-    for (int64_t k = 0; k < K; ++k) {
-      int64_t m = 0;
-      for (int64_t n = 0; n < N; ++n) {
-        w_p[t * K * N + k * N + n] = sigmoid(score[k * N + n]);
-        if (!act_t[k * N + n]) continue;
-        std::memcpy(hrows.data() + m * H, h_p + (k * N + n) * H, H * sizeof(T));
-        std::memcpy(gbuf.data() + m * G, br_p + k * GQ, G * sizeof(T));
-        rows[m++] = n;
-      }
-      if (m == 0) continue;
-      mm_ld<T>(false, false, m, G, H, hrows.data(), H, wr_p + k * H * GQ, GQ, T(1), gbuf.data(), G);
-      for (int64_t r = 0; r < m; ++r) {
-        const int64_t n = rows[r];
-        const int64_t kn = k * N + n;
-        const T wv = w_p[t * K * N + kn];
-        const T wd = in_mask ? wv * in_mask[t * K * N + kn] : wv;
-        const T* hg = gbuf.data() + r * G;
-        const T* x = xg_p + ((t * N + n) * K + k) * G;
-        T* a = act_p + ((t * K + k) * N + n) * 4 * H;
-        T* hs = h_p + kn * H;
-        if (d.lstm) {
-          T* cs = c_p + kn * H;
-          T* tcs = tc_p + ((t * K + k) * N + n) * H;
-          #pragma omp simd
-          for (int64_t i = 0; i < H; ++i) {
-            const T ig = sigmoid(hg[i] + wd * x[i]);
-            const T fg = sigmoid(hg[H + i] + wd * x[H + i]);
-            const T og = sigmoid(hg[2 * H + i] + wd * x[2 * H + i]);
-            const T gg = tanh_(hg[3 * H + i] + wd * x[3 * H + i]);
-            const T cn = fg * cs[i] + ig * gg;
-            const T tcn = tanh_(cn);
-            a[i] = ig, a[H + i] = fg, a[2 * H + i] = og, a[3 * H + i] = gg;
-            tcs[i] = tcn;
-            cs[i] = cn;
-            hs[i] = og * tcn;
-          }
-        } else {
-          const T* bi = bih_p + k * G;
-          #pragma omp simd
-          for (int64_t i = 0; i < H; ++i) {
-            const T r = sigmoid(bi[i] + wd * x[i] + hg[i]);
-            const T z = sigmoid(bi[H + i] + wd * x[H + i] + hg[H + i]);
-            const T hn = hg[2 * H + i];
-            const T nn = tanh_(bi[2 * H + i] + wd * x[2 * H + i] + r * hn);
-            a[i] = r, a[H + i] = z, a[2 * H + i] = nn, a[3 * H + i] = hn;
-            hs[i] = nn + z * (hs[i] - nn);
-          }
-        }
-      }
-    }
-    if (d.comm) {
-      // Every unit's query, key and value from its state after the update.
-      T* qkv_t = qkv_p + t * K * N * W;
-      for (int64_t k = 0; k < K; ++k) {
-        std::memcpy(h1_p + (k * L + t) * N * H, h_p + k * N * H, N * H * sizeof(T));
-        mm<T>(false, false, N, W, H, h_p + k * N * H, qkvw_p + k * H * W, T(0), qkv_t + k * N * W);
-      }
-      // Reads of the active units only (an inactive unit's read is never added); the
-      // read rows of inactive units stay zero for the weight gradient's matmul.
-      for (int64_t k = 0; k < K; ++k) {
+  // Member `member` of `members` owns units [k0, k1): their resets, queries, updates, qkv and
+  // reads. Barriers: all scores before the ranking, all qkv before the attention.
+  auto body = [&](int member, int members) {
+    const int64_t k0 = K * member / members, k1 = K * (member + 1) / members;
+    std::vector<T> gbuf(N * G), hrows(N * H), pbuf(N * O), gathered(N * R), logits(K);
+    std::vector<int64_t> rows(N);
+    for (int64_t t = 0; t < L; ++t) {
+      T* score = scores.data() + (t % 2) * K * N;
+      // Reset, and save the state entering the step.
+      for (int64_t k = k0; k < k1; ++k) {
         for (int64_t n = 0; n < N; ++n) {
-          T* rd = read_p + ((k * L + t) * N + n) * R;
-          std::fill(rd, rd + R, T(0));
-          if (!act_t[k * N + n]) continue;
-          for (int64_t a = 0; a < A; ++a) {
-            T* att_row = att_p + (((t * N + n) * A + a) * K + k) * K;
-            const T* mask_row = comm_mask ? comm_mask + (((t * N + n) * A + a) * K + k) * K : nullptr;
-            const T* q = qkv_t + (k * N + n) * W + a * E;
-            T top = -INFINITY;
-            for (int64_t j = 0; j < K; ++j) {
-              logits[j] = dot(q, qkv_t + (j * N + n) * W + A * E + a * E, E) * inv_sqrt_e;
-              top = std::max(top, logits[j]);
-            }
-            T sum = 0;
-            for (int64_t j = 0; j < K; ++j) sum += (logits[j] = std::exp(logits[j] - top));
-            for (int64_t j = 0; j < K; ++j) {
-              const T p = logits[j] / sum;
-              att_row[j] = p;
-              const T pd = mask_row ? p * mask_row[j] : p;
-              const T* v = qkv_t + (j * N + n) * W + 2 * A * E + a * V;
-              T* rda = rd + a * V;
-              for (int64_t e = 0; e < V; ++e) rda[e] += pd * v[e];
-            }
+          const T kp = keep ? keep[t * N + n] : T(1);
+          T* hs = h_p + (k * N + n) * H;
+          T* hsave = hp_p + ((k * L + t) * N + n) * H;
+          for (int64_t i = 0; i < H; ++i) hsave[i] = hs[i] = hs[i] * kp;
+          if (d.lstm) {
+            T* cs = c_p + (k * N + n) * H;
+            T* csave = cp_p + ((t * K + k) * N + n) * H;
+            for (int64_t i = 0; i < H; ++i) csave[i] = cs[i] = cs[i] * kp;
           }
         }
       }
-      // Each unit maps its active rows' reads back with its own output weights (one
-      // matmul over the gathered rows) and adds the result.
-      for (int64_t k = 0; k < K; ++k) {
+      // Input queries, h @ W_q (the query columns of w_rec), and their scores against this
+      // step's input keys (the null row scores 0).
+      const T* keys_t = keys_p + t * N * Q;
+      for (int64_t k = k0; k < k1; ++k) {
+        T* q = query_p + (t * K + k) * N * Q;
+        mm_ld<T>(false, false, N, Q, H, h_p + k * N * H, H, wr_p + k * H * GQ + G, GQ, T(0), q, Q);
+        for (int64_t n = 0; n < N; ++n) score[k * N + n] = dot(q + n * Q, keys_t + n * Q, Q);
+      }
+      Team::instance().barrier(members);
+      // Top-k per sample: a unit is active when fewer than top_k units rank above it;
+      // ties go to the lower unit index (the PyTorch path's stable sort).
+      bool* act_t = active_p + t * K * N;
+      for (int64_t n = 0; n < N; ++n) {
+        for (int64_t k = k0; k < k1; ++k) {
+          const T s = score[k * N + n];
+          int64_t rank = 0;
+          for (int64_t j = 0; j < K; ++j) {
+            const T o = score[j * N + n];
+            rank += (o > s) || (o == s && j < k);
+          }
+          act_t[k * N + n] = rank < d.top_k;
+        }
+      }
+      // Unit dynamics of the active units; inactive units keep h and c as they are. Their
+      // hidden-to-gate terms, b + h @ W_hh, in one matmul over the unit's active rows.
+      for (int64_t k = k0; k < k1; ++k) {
         int64_t m = 0;
         for (int64_t n = 0; n < N; ++n) {
+          w_p[t * K * N + k * N + n] = sigmoid(score[k * N + n]);
           if (!act_t[k * N + n]) continue;
-          rows[m] = n;
-          std::memcpy(gathered.data() + m * R, read_p + ((k * L + t) * N + n) * R, R * sizeof(T));
-          if (d.gated) std::memcpy(pbuf.data() + m * O, ob_p + k * O, O * sizeof(T));
-          ++m;
+          std::memcpy(hrows.data() + m * H, h_p + (k * N + n) * H, H * sizeof(T));
+          std::memcpy(gbuf.data() + m * G, br_p + k * GQ, G * sizeof(T));
+          rows[m++] = n;
         }
         if (m == 0) continue;
-        mm<T>(false, false, m, O, R, gathered.data(), ow_p + k * R * O, d.gated ? T(1) : T(0), pbuf.data());
+        mm_ld<T>(false, false, m, G, H, hrows.data(), H, wr_p + k * H * GQ, GQ, T(1), gbuf.data(), G);
         for (int64_t r = 0; r < m; ++r) {
           const int64_t n = rows[r];
-          T* hs = h_p + (k * N + n) * H;
-          const T* p = pbuf.data() + r * O;
-          if (d.gated) {
-            T* pa = pact_p + ((t * K + k) * N + n) * 2 * H;
+          const int64_t kn = k * N + n;
+          const T wv = w_p[t * K * N + kn];
+          const T wd = in_mask ? wv * in_mask[t * K * N + kn] : wv;
+          const T* hg = gbuf.data() + r * G;
+          const T* x = xg_p + ((t * N + n) * K + k) * G;
+          T* a = act_p + ((t * K + k) * N + n) * 4 * H;
+          T* hs = h_p + kn * H;
+          if (d.lstm) {
+            T* cs = c_p + kn * H;
+            T* tcs = tc_p + ((t * K + k) * N + n) * H;
             #pragma omp simd
             for (int64_t i = 0; i < H; ++i) {
-              const T to = tanh_(p[i]);
-              const T sg = sigmoid(p[H + i]);
-              pa[i] = to, pa[H + i] = sg;
-              hs[i] += sg * to;
+              const T ig = sigmoid(hg[i] + wd * x[i]);
+              const T fg = sigmoid(hg[H + i] + wd * x[H + i]);
+              const T og = sigmoid(hg[2 * H + i] + wd * x[2 * H + i]);
+              const T gg = tanh_(hg[3 * H + i] + wd * x[3 * H + i]);
+              const T cn = fg * cs[i] + ig * gg;
+              const T tcn = tanh_(cn);
+              a[i] = ig, a[H + i] = fg, a[2 * H + i] = og, a[3 * H + i] = gg;
+              tcs[i] = tcn;
+              cs[i] = cn;
+              hs[i] = og * tcn;
             }
           } else {
-            for (int64_t i = 0; i < H; ++i) hs[i] += p[i];
+            const T* bi = bih_p + k * G;
+            #pragma omp simd
+            for (int64_t i = 0; i < H; ++i) {
+              const T r = sigmoid(bi[i] + wd * x[i] + hg[i]);
+              const T z = sigmoid(bi[H + i] + wd * x[H + i] + hg[H + i]);
+              const T hn = hg[2 * H + i];
+              const T nn = tanh_(bi[2 * H + i] + wd * x[2 * H + i] + r * hn);
+              a[i] = r, a[H + i] = z, a[2 * H + i] = nn, a[3 * H + i] = hn;
+              hs[i] = nn + z * (hs[i] - nn);
+            }
           }
         }
       }
-    }
-    for (int64_t k = 0; k < K; ++k) {
-      for (int64_t n = 0; n < N; ++n) {
-        std::memcpy(out_p + (t * N + n) * K * H + k * H, h_p + (k * N + n) * H, H * sizeof(T));
+      if (d.comm) {
+        // Query, key and value of each unit from its state after the update.
+        T* qkv_t = qkv_p + t * K * N * W;
+        for (int64_t k = k0; k < k1; ++k) {
+          std::memcpy(h1_p + (k * L + t) * N * H, h_p + k * N * H, N * H * sizeof(T));
+          mm<T>(false, false, N, W, H, h_p + k * N * H, qkvw_p + k * H * W, T(0), qkv_t + k * N * W);
+        }
+        Team::instance().barrier(members);
+        // Reads of the active units only (an inactive unit's read is never added); the
+        // read rows of inactive units stay zero for the weight gradient's matmul.
+        for (int64_t k = k0; k < k1; ++k) {
+          for (int64_t n = 0; n < N; ++n) {
+            T* rd = read_p + ((k * L + t) * N + n) * R;
+            std::fill(rd, rd + R, T(0));
+            if (!act_t[k * N + n]) continue;
+            for (int64_t a = 0; a < A; ++a) {
+              T* att_row = att_p + (((t * N + n) * A + a) * K + k) * K;
+              const T* mask_row = comm_mask ? comm_mask + (((t * N + n) * A + a) * K + k) * K : nullptr;
+              const T* q = qkv_t + (k * N + n) * W + a * E;
+              T top = -INFINITY;
+              for (int64_t j = 0; j < K; ++j) {
+                logits[j] = dot(q, qkv_t + (j * N + n) * W + A * E + a * E, E) * inv_sqrt_e;
+                top = std::max(top, logits[j]);
+              }
+              T sum = 0;
+              for (int64_t j = 0; j < K; ++j) sum += (logits[j] = std::exp(logits[j] - top));
+              for (int64_t j = 0; j < K; ++j) {
+                const T p = logits[j] / sum;
+                att_row[j] = p;
+                const T pd = mask_row ? p * mask_row[j] : p;
+                const T* v = qkv_t + (j * N + n) * W + 2 * A * E + a * V;
+                T* rda = rd + a * V;
+                for (int64_t e = 0; e < V; ++e) rda[e] += pd * v[e];
+              }
+            }
+          }
+        }
+        // Each unit maps its active rows' reads back with its own output weights (one
+        // matmul over the gathered rows) and adds the result.
+        for (int64_t k = k0; k < k1; ++k) {
+          int64_t m = 0;
+          for (int64_t n = 0; n < N; ++n) {
+            if (!act_t[k * N + n]) continue;
+            rows[m] = n;
+            std::memcpy(gathered.data() + m * R, read_p + ((k * L + t) * N + n) * R, R * sizeof(T));
+            if (d.gated) std::memcpy(pbuf.data() + m * O, ob_p + k * O, O * sizeof(T));
+            ++m;
+          }
+          if (m == 0) continue;
+          mm<T>(false, false, m, O, R, gathered.data(), ow_p + k * R * O, d.gated ? T(1) : T(0), pbuf.data());
+          for (int64_t r = 0; r < m; ++r) {
+            const int64_t n = rows[r];
+            T* hs = h_p + (k * N + n) * H;
+            const T* p = pbuf.data() + r * O;
+            if (d.gated) {
+              T* pa = pact_p + ((t * K + k) * N + n) * 2 * H;
+              #pragma omp simd
+              for (int64_t i = 0; i < H; ++i) {
+                const T to = tanh_(p[i]);
+                const T sg = sigmoid(p[H + i]);
+                pa[i] = to, pa[H + i] = sg;
+                hs[i] += sg * to;
+              }
+            } else {
+              for (int64_t i = 0; i < H; ++i) hs[i] += p[i];
+            }
+          }
+        }
+      }
+      for (int64_t k = k0; k < k1; ++k) {
+        for (int64_t n = 0; n < N; ++n) {
+          std::memcpy(out_p + (t * N + n) * K * H + k * H, h_p + (k * N + n) * H, H * sizeof(T));
+        }
       }
     }
-  }
+  };
+  Team::instance().run(size, body);
   return {output, h, c, active, hp, cp, act, tc, wsig, query, h1, qkv, att, read, pact};
 }
 
@@ -457,10 +578,11 @@ std::vector<Tensor> backward_impl(const Dims& d, const Tensor& grad_out_t, const
   Tensor db_ih = at::zeros({d.lstm ? 0 : K, G}, opts);
   Tensor dh = grad_hn.clone();
   Tensor dc = d.lstm ? grad_cn.clone() : at::zeros_like(grad_hn);
-  std::vector<T> dh1(K * N * H), dhp(K * N * H), dcp(K * N * H), dread(N * R), gathered(N * O), dattd(K);
-  std::vector<T> dgc(N * G), dq_rows(N * Q), hrows(N * H), hgrad(N * H);
-  std::vector<T> dqkvt(d.comm ? K * N * W : 0), read_rows(d.comm ? N * R : 0);
-  std::vector<int64_t> rows(N);
+  // Shared between members: per unit (dh1, dhp, dcp; dqkvt and dread_all by unit rows)
+  // or per step (ds_all, the input-attention score gradients, folded into dkeys at the end).
+  std::vector<T> dh1(K * N * H), dhp(K * N * H), dcp(K * N * H);
+  std::vector<T> dqkvt(d.comm ? K * N * W : 0), dread_all(d.comm ? K * N * R : 0), ds_all(L * K * N);
+  const int size = team_size(d);
 
   const T* gout = grad_out_t.data_ptr<T>();
   const T* keys_p = keys.data_ptr<T>();
@@ -496,197 +618,225 @@ std::vector<Tensor> backward_impl(const Dims& d, const Tensor& grad_out_t, const
   T* dc_p = dc.data_ptr<T>();
   const T inv_sqrt_e = T(1) / std::sqrt(T(E));
 
-  for (int64_t t = L - 1; t >= 0; --t) {
-    const bool* act_t = active_p + t * K * N;
-    // dh: gradient of the state leaving step t (its output, and what step t+1 read).
-    for (int64_t k = 0; k < K; ++k) {
-      for (int64_t n = 0; n < N; ++n) {
-        const T* g = gout + (t * N + n) * K * H + k * H;
-        T* dst = dh_p + (k * N + n) * H;
-        T* d1 = dh1.data() + (k * N + n) * H;
-        for (int64_t i = 0; i < H; ++i) d1[i] = dst[i] += g[i];
-      }
-    }
-    if (d.comm) {
-      const T* qkv_t = qkv_p + t * K * N * W;
-      for (int64_t k = 0; k < K; ++k) {
-        T* dqkv_kt = dqkv_p + k * N * W;
-        std::fill(dqkv_kt, dqkv_kt + N * W, T(0));
-      }
-      for (int64_t k = 0; k < K; ++k) {
-        // The read of the active rows: h2 = h1 + f(read @ out_w + out_b), gathered.
-        int64_t m = 0;
+
+  // Member `member` of `members` owns units [k0, k1) and samples [n0, n1). Per step: the
+  // read's backward by unit; barrier; the attention's backward by sample (it mixes units);
+  // barrier; the qkv matmuls, unit dynamics and reset by unit. Without communication no
+  // part of a step mixes units, and there are no barriers.
+  auto body = [&](int member, int members) {
+    const int64_t k0 = K * member / members, k1 = K * (member + 1) / members;
+    const int64_t n0 = N * member / members, n1 = N * (member + 1) / members;
+    std::vector<T> dread(N * R), gathered(N * O), dattd(K);
+    std::vector<T> dgc(N * G), dq_rows(N * Q), hrows(N * H), hgrad(N * H), read_rows(d.comm ? N * R : 0);
+    std::vector<int64_t> rows(N);
+    for (int64_t t = L - 1; t >= 0; --t) {
+      const bool* act_t = active_p + t * K * N;
+      // dh: gradient of the state leaving step t (its output, and what step t+1 read).
+      for (int64_t k = k0; k < k1; ++k) {
         for (int64_t n = 0; n < N; ++n) {
-          if (!act_t[k * N + n]) continue;
-          const T* g = dh_p + (k * N + n) * H;
-          T* dp = gathered.data() + m * O;
-          if (d.gated) {
-            const T* pa = pact_p + ((t * K + k) * N + n) * 2 * H;
+          const T* g = gout + (t * N + n) * K * H + k * H;
+          T* dst = dh_p + (k * N + n) * H;
+          T* d1 = dh1.data() + (k * N + n) * H;
+          for (int64_t i = 0; i < H; ++i) d1[i] = dst[i] += g[i];
+        }
+      }
+      if (d.comm) {
+        const T* qkv_t = qkv_p + t * K * N * W;
+        for (int64_t k = k0; k < k1; ++k) {
+          T* dqkv_kt = dqkv_p + k * N * W;
+          std::fill(dqkv_kt, dqkv_kt + N * W, T(0));
+        }
+        for (int64_t k = k0; k < k1; ++k) {
+          // The read of the active rows: h2 = h1 + f(read @ out_w + out_b), gathered.
+          int64_t m = 0;
+          for (int64_t n = 0; n < N; ++n) {
+            if (!act_t[k * N + n]) continue;
+            const T* g = dh_p + (k * N + n) * H;
+            T* dp = gathered.data() + m * O;
+            if (d.gated) {
+              const T* pa = pact_p + ((t * K + k) * N + n) * 2 * H;
 #pragma omp simd
-            for (int64_t i = 0; i < H; ++i) {
-              const T to = pa[i], sg = pa[H + i];
-              dp[i] = g[i] * sg * (T(1) - to * to);
-              dp[H + i] = g[i] * to * sg * (T(1) - sg);
+              for (int64_t i = 0; i < H; ++i) {
+                const T to = pa[i], sg = pa[H + i];
+                dp[i] = g[i] * sg * (T(1) - to * to);
+                dp[H + i] = g[i] * to * sg * (T(1) - sg);
+              }
+            } else {
+              std::memcpy(dp, g, H * sizeof(T));
             }
-          } else {
-            std::memcpy(dp, g, H * sizeof(T));
+            std::memcpy(read_rows.data() + m * R, read_p + ((k * L + t) * N + n) * R, R * sizeof(T));
+            rows[m] = n;
+            ++m;
           }
-          std::memcpy(read_rows.data() + m * R, read_p + ((k * L + t) * N + n) * R, R * sizeof(T));
-          rows[m] = n;
-          ++m;
-        }
-        if (m == 0) continue;
-        mm<T>(true, false, R, O, m, read_rows.data(), gathered.data(), T(1), dow_p + k * R * O);
-        if (d.gated) {
+          if (m == 0) continue;
+          mm<T>(true, false, R, O, m, read_rows.data(), gathered.data(), T(1), dow_p + k * R * O);
+          if (d.gated) {
+            for (int64_t r = 0; r < m; ++r) {
+              for (int64_t i = 0; i < O; ++i) dob_p[k * O + i] += gathered[r * O + i];
+            }
+          }
+          mm<T>(false, true, m, R, O, gathered.data(), ow_p + k * R * O, T(0), dread.data());
           for (int64_t r = 0; r < m; ++r) {
-            for (int64_t i = 0; i < O; ++i) dob_p[k * O + i] += gathered[r * O + i];
+            std::memcpy(dread_all.data() + (k * N + rows[r]) * R, dread.data() + r * R, R * sizeof(T));
           }
         }
-        mm<T>(false, true, m, R, O, gathered.data(), ow_p + k * R * O, T(0), dread.data());
-        for (int64_t r = 0; r < m; ++r) {
-          const int64_t n = rows[r];
-          for (int64_t a = 0; a < A; ++a) {
-            const T* att_row = att_p + (((t * N + n) * A + a) * K + k) * K;
-            const T* mask_row = comm_mask ? comm_mask + (((t * N + n) * A + a) * K + k) * K : nullptr;
-            const T* dr = dread.data() + r * R + a * V;
-            // The gradient of each (dropped-out) attention weight, and of the values.
-            T total = 0;
-            for (int64_t j = 0; j < K; ++j) {
-              const T mj = mask_row ? mask_row[j] : T(1);
-              const T pd = att_row[j] * mj;
-              T* dv = dqkv_p + (j * N + n) * W + 2 * A * E + a * V;
-              for (int64_t e = 0; e < V; ++e) dv[e] += pd * dr[e];
-              dattd[j] = dot(dr, qkv_t + (j * N + n) * W + 2 * A * E + a * V, V) * mj;
-              total += att_row[j] * dattd[j];
-            }
-            // Softmax and the scaled dot products.
-            const T* q = qkv_t + (k * N + n) * W + a * E;
-            T* dq = dqkv_p + (k * N + n) * W + a * E;
-            for (int64_t j = 0; j < K; ++j) {
-              const T dl = att_row[j] * (dattd[j] - total) * inv_sqrt_e;
-              const T* kk = qkv_t + (j * N + n) * W + A * E + a * E;
-              T* dk = dqkv_p + (j * N + n) * W + A * E + a * E;
-              for (int64_t e = 0; e < E; ++e) {
-                dq[e] += dl * kk[e];
-                dk[e] += dl * q[e];
+        Team::instance().barrier(members);
+        for (int64_t n = n0; n < n1; ++n) {
+          for (int64_t k = 0; k < K; ++k) {
+            if (!act_t[k * N + n]) continue;
+            for (int64_t a = 0; a < A; ++a) {
+              const T* att_row = att_p + (((t * N + n) * A + a) * K + k) * K;
+              const T* mask_row = comm_mask ? comm_mask + (((t * N + n) * A + a) * K + k) * K : nullptr;
+              const T* dr = dread_all.data() + (k * N + n) * R + a * V;
+              // The gradient of each (dropped-out) attention weight, and of the values.
+              T total = 0;
+              for (int64_t j = 0; j < K; ++j) {
+                const T mj = mask_row ? mask_row[j] : T(1);
+                const T pd = att_row[j] * mj;
+                T* dv = dqkv_p + (j * N + n) * W + 2 * A * E + a * V;
+                for (int64_t e = 0; e < V; ++e) dv[e] += pd * dr[e];
+                dattd[j] = dot(dr, qkv_t + (j * N + n) * W + 2 * A * E + a * V, V) * mj;
+                total += att_row[j] * dattd[j];
+              }
+              // Softmax and the scaled dot products.
+              const T* q = qkv_t + (k * N + n) * W + a * E;
+              T* dq = dqkv_p + (k * N + n) * W + a * E;
+              for (int64_t j = 0; j < K; ++j) {
+                const T dl = att_row[j] * (dattd[j] - total) * inv_sqrt_e;
+                const T* kk = qkv_t + (j * N + n) * W + A * E + a * E;
+                T* dk = dqkv_p + (j * N + n) * W + A * E + a * E;
+                for (int64_t e = 0; e < E; ++e) {
+                  dq[e] += dl * kk[e];
+                  dk[e] += dl * q[e];
+                }
               }
             }
           }
         }
+        Team::instance().barrier(members);
+        for (int64_t k = k0; k < k1; ++k) {
+          mm<T>(false, true, N, H, W, dqkv_p + k * N * W, qkvw_p + k * H * W, T(1), dh1.data() + k * N * H);
+          mm<T>(true, false, H, W, N, h1_p + (k * L + t) * N * H, dqkv_p + k * N * W, T(1), dqkvw_p + k * H * W);
+        }
       }
-      for (int64_t k = 0; k < K; ++k) {
-        mm<T>(false, true, N, H, W, dqkv_p + k * N * W, qkvw_p + k * H * W, T(1), dh1.data() + k * N * H);
-        mm<T>(true, false, H, W, N, h1_p + (k * L + t) * N * H, dqkv_p + k * N * W, T(1), dqkvw_p + k * H * W);
-      }
-    }
-    // Unit dynamics: h1 = active ? h_new : h, c = active ? c_new : c. The gate gradients
-    // of the active rows are gathered (dGc), the query gradients kept for every row (dQ).
-    for (int64_t k = 0; k < K; ++k) {
-      int64_t m = 0;
-      for (int64_t n = 0; n < N; ++n) {
-        const int64_t kn = k * N + n;
-        const bool on = act_t[kn];
-        const T* g1 = dh1.data() + kn * H;
-        T* gh = dhp.data() + kn * H;
-        T* dx = dxg_p + ((t * N + n) * K + k) * G;
-        const T* x = xg_p + ((t * N + n) * K + k) * G;
-        const T* a = act_p + ((t * K + k) * N + n) * 4 * H;
-        const T wv = w_p[t * K * N + kn];
-        const T mask = in_mask ? in_mask[t * K * N + kn] : T(1);
-        const T wd = wv * mask;
-        const T* hprev = hp_p + ((k * L + t) * N + n) * H;
-        T dwd = 0;
-        if (!on) {
-          // Inactive: the state passes through; the unit's update got no gradient, and
-          // neither does its query (the score reaches nothing but the discarded update).
-          std::memcpy(gh, g1, H * sizeof(T));
-          if (d.lstm) std::memcpy(dcp.data() + kn * H, dc_p + kn * H, H * sizeof(T));
-          std::fill(dx, dx + G, T(0));
-        } else {
-          T* drow = dgc.data() + m * G;
-          std::memcpy(hrows.data() + m * H, hprev, H * sizeof(T));
-          rows[m++] = n;
-          if (d.lstm) {
-            const T* gc = dc_p + kn * H;
-            const T* cprev = cp_p + ((t * K + k) * N + n) * H;
-            const T* tcs = tc_p + ((t * K + k) * N + n) * H;
-            T* gcp = dcp.data() + kn * H;
-#pragma omp simd
-            for (int64_t i = 0; i < H; ++i) {
-              const T ig = a[i], fg = a[H + i], og = a[2 * H + i], gg = a[3 * H + i], tcn = tcs[i];
-              const T dcn = gc[i] + g1[i] * og * (T(1) - tcn * tcn);
-              const T dpi = dcn * gg * ig * (T(1) - ig);
-              const T dpf = dcn * cprev[i] * fg * (T(1) - fg);
-              const T dpo = g1[i] * tcn * og * (T(1) - og);
-              const T dpg = dcn * ig * (T(1) - gg * gg);
-              gcp[i] = dcn * fg;
-              gh[i] = 0;
-              drow[i] = dpi, drow[H + i] = dpf, drow[2 * H + i] = dpo, drow[3 * H + i] = dpg;
-            }
-            for (int64_t i = 0; i < G; ++i) {
-              dwd += drow[i] * x[i];
-              dx[i] = wd * drow[i];
-            }
+      // Unit dynamics: h1 = active ? h_new : h, c = active ? c_new : c. The gate gradients
+      // of the active rows are gathered (dGc), the query gradients kept for every row (dQ).
+      for (int64_t k = k0; k < k1; ++k) {
+        int64_t m = 0;
+        for (int64_t n = 0; n < N; ++n) {
+          const int64_t kn = k * N + n;
+          const bool on = act_t[kn];
+          const T* g1 = dh1.data() + kn * H;
+          T* gh = dhp.data() + kn * H;
+          T* dx = dxg_p + ((t * N + n) * K + k) * G;
+          const T* x = xg_p + ((t * N + n) * K + k) * G;
+          const T* a = act_p + ((t * K + k) * N + n) * 4 * H;
+          const T wv = w_p[t * K * N + kn];
+          const T mask = in_mask ? in_mask[t * K * N + kn] : T(1);
+          const T wd = wv * mask;
+          const T* hprev = hp_p + ((k * L + t) * N + n) * H;
+          T dwd = 0;
+          if (!on) {
+            // Inactive: the state passes through; the unit's update got no gradient, and
+            // neither does its query (the score reaches nothing but the discarded update).
+            std::memcpy(gh, g1, H * sizeof(T));
+            if (d.lstm) std::memcpy(dcp.data() + kn * H, dc_p + kn * H, H * sizeof(T));
+            std::fill(dx, dx + G, T(0));
           } else {
-            T* gb = dbih_p + k * G;
+            T* drow = dgc.data() + m * G;
+            std::memcpy(hrows.data() + m * H, hprev, H * sizeof(T));
+            rows[m++] = n;
+            if (d.lstm) {
+              const T* gc = dc_p + kn * H;
+              const T* cprev = cp_p + ((t * K + k) * N + n) * H;
+              const T* tcs = tc_p + ((t * K + k) * N + n) * H;
+              T* gcp = dcp.data() + kn * H;
 #pragma omp simd
-            for (int64_t i = 0; i < H; ++i) {
-              const T r = a[i], z = a[H + i], nn = a[2 * H + i], hn = a[3 * H + i];
-              const T dpn = g1[i] * (T(1) - z) * (T(1) - nn * nn);
-              const T dpz = g1[i] * (hprev[i] - nn) * z * (T(1) - z);
-              const T dpr = dpn * hn * r * (T(1) - r);
-              gh[i] = g1[i] * z;
-              drow[i] = dpr, drow[H + i] = dpz, drow[2 * H + i] = dpn * r;
-              // The input term's gradient: the same for r and z, dpn for n.
-              dx[i] = dpr, dx[H + i] = dpz, dx[2 * H + i] = dpn;
-            }
-            for (int64_t i = 0; i < G; ++i) {
-              gb[i] += dx[i];
-              dwd += dx[i] * x[i];
-              dx[i] *= wd;
+              for (int64_t i = 0; i < H; ++i) {
+                const T ig = a[i], fg = a[H + i], og = a[2 * H + i], gg = a[3 * H + i], tcn = tcs[i];
+                const T dcn = gc[i] + g1[i] * og * (T(1) - tcn * tcn);
+                const T dpi = dcn * gg * ig * (T(1) - ig);
+                const T dpf = dcn * cprev[i] * fg * (T(1) - fg);
+                const T dpo = g1[i] * tcn * og * (T(1) - og);
+                const T dpg = dcn * ig * (T(1) - gg * gg);
+                gcp[i] = dcn * fg;
+                gh[i] = 0;
+                drow[i] = dpi, drow[H + i] = dpf, drow[2 * H + i] = dpo, drow[3 * H + i] = dpg;
+              }
+              for (int64_t i = 0; i < G; ++i) {
+                dwd += drow[i] * x[i];
+                dx[i] = wd * drow[i];
+              }
+            } else {
+              T* gb = dbih_p + k * G;
+#pragma omp simd
+              for (int64_t i = 0; i < H; ++i) {
+                const T r = a[i], z = a[H + i], nn = a[2 * H + i], hn = a[3 * H + i];
+                const T dpn = g1[i] * (T(1) - z) * (T(1) - nn * nn);
+                const T dpz = g1[i] * (hprev[i] - nn) * z * (T(1) - z);
+                const T dpr = dpn * hn * r * (T(1) - r);
+                gh[i] = g1[i] * z;
+                drow[i] = dpr, drow[H + i] = dpz, drow[2 * H + i] = dpn * r;
+                // The input term's gradient: the same for r and z, dpn for n.
+                dx[i] = dpr, dx[H + i] = dpz, dx[2 * H + i] = dpn;
+              }
+              for (int64_t i = 0; i < G; ++i) {
+                gb[i] += dx[i];
+                dwd += dx[i] * x[i];
+                dx[i] *= wd;
+              }
             }
           }
+          // Input attention: w = sigmoid(query . key), the query from h (t-1). The key's
+          // gradient sums over units, so it is formed after the loop from ds_all.
+          const T ds = dwd * mask * wv * (T(1) - wv);
+          ds_all[(t * K + k) * N + n] = ds;
+          T* dq = dq_rows.data() + n * Q;
+          const T* key = keys_p + (t * N + n) * Q;
+          for (int64_t j = 0; j < Q; ++j) dq[j] = ds * key[j];
         }
-        // Input attention: w = sigmoid(query . key), the query from h (t-1).
-        const T ds = dwd * mask * wv * (T(1) - wv);
-        T* dq = dq_rows.data() + n * Q;
-        const T* q = query_p + ((t * K + k) * N + n) * Q;
-        const T* key = keys_p + (t * N + n) * Q;
-        T* dkey = dkeys_p + (t * N + n) * Q;
-        for (int64_t j = 0; j < Q; ++j) {
-          dq[j] = ds * key[j];
-          dkey[j] += ds * q[j];
+        // Back through R = [b + h W_hh (active rows), h W_q (all rows)] of unit k.
+        const T* w_hh = wr_p + k * H * GQ;  // (H, G+Q): gate columns, then query columns
+        T* dw = dwr_p + k * H * GQ;
+        mm_ld<T>(false, true, N, H, Q, dq_rows.data(), Q, w_hh + G, GQ, T(1), dhp.data() + k * N * H, H);
+        mm_ld<T>(true, false, H, Q, N, hp_p + (k * L + t) * N * H, H, dq_rows.data(), Q, T(1), dw + G, GQ);
+        if (m == 0) continue;
+        mm_ld<T>(false, true, m, H, G, dgc.data(), G, w_hh, GQ, T(0), hgrad.data(), H);
+        for (int64_t r = 0; r < m; ++r) {
+          T* gh = dhp.data() + (k * N + rows[r]) * H;
+          const T* g = hgrad.data() + r * H;
+#pragma omp simd
+          for (int64_t i = 0; i < H; ++i) gh[i] += g[i];
+        }
+        mm_ld<T>(true, false, H, G, m, hrows.data(), H, dgc.data(), G, T(1), dw, GQ);
+        T* db = dbr_p + k * GQ;
+        for (int64_t r = 0; r < m; ++r) {
+#pragma omp simd
+          for (int64_t i = 0; i < G; ++i) db[i] += dgc[r * G + i];
         }
       }
-      // Back through R = [b + h W_hh (active rows), h W_q (all rows)] of unit k.
-      const T* w_hh = wr_p + k * H * GQ;  // (H, G+Q): gate columns, then query columns
-      T* dw = dwr_p + k * H * GQ;
-      mm_ld<T>(false, true, N, H, Q, dq_rows.data(), Q, w_hh + G, GQ, T(1), dhp.data() + k * N * H, H);
-      mm_ld<T>(true, false, H, Q, N, hp_p + (k * L + t) * N * H, H, dq_rows.data(), Q, T(1), dw + G, GQ);
-      if (m == 0) continue;
-      mm_ld<T>(false, true, m, H, G, dgc.data(), G, w_hh, GQ, T(0), hgrad.data(), H);
-      for (int64_t r = 0; r < m; ++r) {
-        T* gh = dhp.data() + (k * N + rows[r]) * H;
-        const T* g = hgrad.data() + r * H;
-#pragma omp simd
-        for (int64_t i = 0; i < H; ++i) gh[i] += g[i];
-      }
-      mm_ld<T>(true, false, H, G, m, hrows.data(), H, dgc.data(), G, T(1), dw, GQ);
-      T* db = dbr_p + k * GQ;
-      for (int64_t r = 0; r < m; ++r) {
-#pragma omp simd
-        for (int64_t i = 0; i < G; ++i) db[i] += dgc[r * G + i];
+      // The reset before step t: gradient reaches the previous state only where it was kept.
+      for (int64_t k = k0; k < k1; ++k) {
+        for (int64_t n = 0; n < N; ++n) {
+          const T kp = keep ? keep[t * N + n] : T(1);
+          const int64_t base = (k * N + n) * H;
+          for (int64_t i = 0; i < H; ++i) dh_p[base + i] = dhp[base + i] * kp;
+          if (d.lstm) {
+            for (int64_t i = 0; i < H; ++i) dc_p[base + i] = dcp[base + i] * kp;
+          }
+        }
       }
     }
-    // The reset before step t: gradient reaches the previous state only where it was kept.
+  };
+  Team::instance().run(size, body);
+  // The input keys' gradient: the score gradient times the query, summed over units.
+  for (int64_t t = 0; t < L; ++t) {
     for (int64_t k = 0; k < K; ++k) {
       for (int64_t n = 0; n < N; ++n) {
-        const T kp = keep ? keep[t * N + n] : T(1);
-        const int64_t base = (k * N + n) * H;
-        for (int64_t i = 0; i < H; ++i) dh_p[base + i] = dhp[base + i] * kp;
-        if (d.lstm) {
-          for (int64_t i = 0; i < H; ++i) dc_p[base + i] = dcp[base + i] * kp;
-        }
+        const T ds = ds_all[(t * K + k) * N + n];
+        const T* q = query_p + ((t * K + k) * N + n) * Q;
+        T* dkey = dkeys_p + (t * N + n) * Q;
+        for (int64_t j = 0; j < Q; ++j) dkey[j] += ds * q[j];
       }
     }
   }
