@@ -72,6 +72,30 @@ def test_popgym_summary_without_finished_runs_fails_clearly(tmp_path) -> None:
     assert result.returncode == 2 and "no finished runs" in result.stderr
 
 
+def test_memory_summary_reports_training_and_test_success_per_task_and_policy(tmp_path) -> None:
+    overrides = parse_overrides(["env_kwargs:{'view_size': 3, 'actions': 3}", "n_steps:64", "batch_size:128"])
+    for policy in ("rim", "ppo"):
+        config = make_config(
+            "MiniGrid-MemoryS7-v0", policy=policy, n_timesteps=256, n_envs=2, log_folder=str(tmp_path),
+            eval_freq=128, eval_episodes=2, progress_bar=False, overrides=overrides,
+        )  # fmt: skip
+        train(config)
+    out = tmp_path / "summary.json"
+    result = _script(
+        "memory_summary.py", tmp_path, "--test-env", "MiniGrid-MemoryS9-v0",
+        "--episodes", 2, "--last", 2, "--json", out,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    data = json.loads(out.read_text())
+    assert sorted(row["policy"] for row in data["rows"]) == ["ppo", "rim"]
+    for row in data["rows"]:
+        assert row["env"] == "MiniGrid-MemoryS7-v0" and row["steps"] == 256
+        for key in ("train_success_last2", "train_success_final", "test_success/MiniGrid-MemoryS9-v0"):
+            assert 0.0 <= row[key] <= 1.0
+    assert set(data["summary"]["MiniGrid-MemoryS7-v0"]) == {"ppo", "rim"}
+    assert "| MiniGrid-MemoryS7-v0 | rim | 1 | 256 |" in result.stdout
+
+
 def test_memory_by_start_splits_episodes_by_where_the_cue_was_seen(tmp_path) -> None:
     overrides = parse_overrides(["env_kwargs:{'view_size': 3, 'actions': 3}", "n_steps:64", "batch_size:128"])
     config = make_config(
