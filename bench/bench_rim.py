@@ -41,6 +41,7 @@ import torch
 from torch import nn
 
 from rim_agents.nn import RIM, native
+from rim_agents.threads import torch_threads
 
 Case = Callable[[], None]
 CASES = ["paper", "rl-train", "rl-rollout", "rollout", "train", "threads"]
@@ -180,13 +181,12 @@ def threads_case(threads: int, repeats: int, device: torch.device) -> None:
 
         def at(count: int, run: Case = run) -> Case:
             def timed() -> None:
-                torch.set_num_threads(count)
-                run()
+                with torch_threads(count):
+                    run()
 
             return timed
 
         medians = measure({"1": at(1), "n": at(threads)}, repeats, device)
-        torch.set_num_threads(threads)
         work = seq_len * batch * units * unit_size**2
         shape = f"{seq_len}, {batch}, {units} x {unit_size}, {top_k}"
         ratio = medians["n"] / medians["1"]

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from rim_agents.nn import RIM, native
+from rim_agents.threads import torch_threads
 from tests.reference_rim import reference_forward
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -232,13 +233,6 @@ def test_empty_cache_frees_the_kept_blocks_and_calls_still_work() -> None:
         torch.testing.assert_close(rim.eval()(x)[0], reference.eval()(x)[0], atol=1e-5, rtol=1e-5)
 
 
-@pytest.fixture
-def restore_threads():
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
-
-
 @needs_native
 @pytest.mark.parametrize(
     "config",
@@ -251,7 +245,7 @@ def restore_threads():
     ],
 )
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_threads_split_the_units_with_bitwise_the_same_result(config: dict, dtype, restore_threads) -> None:
+def test_threads_split_the_units_with_bitwise_the_same_result(config: dict, dtype) -> None:
     # 32 steps x 16 rows x K units of 64: above the op's threshold for using threads.
     torch.manual_seed(0)
     x = torch.randn(32, 16, 12, dtype=dtype)
@@ -262,10 +256,10 @@ def test_threads_split_the_units_with_bitwise_the_same_result(config: dict, dtyp
     training = "input_dropout" in config
     runs = {}
     for backend, threads in (("native", 1), ("native", 2), ("native", 3), ("torch", 2)):
-        torch.set_num_threads(threads)
         torch.manual_seed(1)
         rim = RIM(12, unit_size=64, backend=backend, **config).to(dtype).train(training)
-        runs[backend, threads] = _run(rim, x, hx, starts, seed=2)
+        with torch_threads(threads):
+            runs[backend, threads] = _run(rim, x, hx, starts, seed=2)
     one = runs["native", 1]
     for threads in (2, 3):
         many = runs["native", threads]

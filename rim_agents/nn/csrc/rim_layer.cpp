@@ -315,7 +315,7 @@ constexpr int64_t kMinTeamWork = int64_t(1) << 22;  // L*N*K*H*H; see docs/nativ
 
 int team_size(const Dims& d) {
   if (d.L * d.N * d.K * d.H * d.H < kMinTeamWork) return 1;
-  return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), d.K)));
+  return static_cast<int>(std::min<int64_t>(at::get_num_threads(), d.K));
 }
 
 // Optional tensors arrive as undefined Tensors; data pointer or null.
