@@ -76,6 +76,11 @@ def load(storage, study_name):
     return optuna.load_study(study_name=study_name, storage=backend)
 
 
+def checkpoint_steps(run_dir):
+    """The steps of a run directory's checkpoints (``checkpoints/<name>_<prefix>_<step>_steps.zip``)."""
+    return [int(p.stem.split("_")[2]) for p in (Path(run_dir) / "checkpoints").glob("*.zip")]
+
+
 def assert_each_cell_complete_once(study, n_cells, output):
     """Each cell has exactly one COMPLETE trial, nothing else is left, and each run reached its last step."""
     complete = [t for t in study.trials if t.state == TrialState.COMPLETE]
@@ -83,8 +88,7 @@ def assert_each_cell_complete_once(study, n_cells, output):
     assert [t.state for t in study.trials if t.state not in (TrialState.COMPLETE, TrialState.FAIL)] == []
     for trial in complete:
         run_dir = Path(output) / study.study_name / trial.user_attrs[RUN_NAME]
-        steps = [int(p.stem.split("_")[2]) for p in (run_dir / "checkpoints").glob("*.zip")]
-        assert max(steps) == trial.user_attrs[CELL]["n_timesteps"]
+        assert max(checkpoint_steps(run_dir)) == trial.user_attrs[CELL]["n_timesteps"]
     return complete
 
 
@@ -95,7 +99,8 @@ def start_worker(storage, study_name, output, log):
 
 
 def kill_a_worker_mid_trial(storage, study_name, output, workers, timeout=120):
-    """SIGKILL the worker of the first running trial that has checkpoints but no final model."""
+    """SIGKILL the worker of the first running trial that has checkpoints, none of them at its
+    last step, and no final model: mid-trial, so that the retry must resume from a checkpoint."""
     pids = {worker.pid: worker for worker in workers}
     backend, _ = open_storage(storage)
     study = optuna.load_study(study_name=study_name, storage=backend)
@@ -105,7 +110,9 @@ def kill_a_worker_mid_trial(storage, study_name, output, workers, timeout=120):
             run_dir = Path(output) / study_name / trial.user_attrs.get(RUN_NAME, "-")
             pid = int(trial.user_attrs.get(WORKER, "x:0").rsplit(":", 1)[1])
             # Two checkpoints: the first is complete (the second may be half written; resuming skips it).
-            saved = len(list(run_dir.glob("checkpoints/*.zip"))) >= 2
+            # One at the last step would leave the retry nothing to train.
+            steps = checkpoint_steps(run_dir)
+            saved = len(steps) >= 2 and max(steps) < trial.user_attrs[CELL]["n_timesteps"]
             if pid in pids and saved and not (run_dir / "final_model.zip").exists():
                 os.kill(pid, signal.SIGKILL)
                 pids[pid].wait()
