@@ -1,5 +1,5 @@
-"""Summarise a study scored by episode return (POPGym, MinAtar): the best and the final
-periodic evaluation, and the final model's return on its own task and on test tasks, per
+"""Summarise a study scored by episode return (POPGym, MinAtar, MiniGrid): the best and the
+final periodic evaluation, and the final model's return on its own task and on test tasks, per
 training task and policy, with 95% t-intervals over seeds.
 
     .venv/bin/python experiments/returns_summary.py runs/popgym_repeat_first_noact \\
@@ -11,7 +11,8 @@ The best evaluation is the largest mean return over a run's periodic evaluations
 max mean episodic reward (``envs.popgym.max_mean_episodic_reward``; the paper takes it over
 training batches). On MinAtar the returns are game scores. The final model is evaluated on its
 training task and on each ``--test-env`` (the same observation layout, e.g. a harder
-difficulty) with sampled actions and the same evaluation seed for every run.
+difficulty) with sampled actions and the same evaluation seed for every run. ``--success``
+adds the final models' success rates (MiniGrid: the goal reached, a positive return).
 """
 
 from __future__ import annotations
@@ -47,6 +48,8 @@ def run_summary(run_dir: Path, test_envs: list[str], episodes: int) -> dict[str,
     for key, env_id in [("final_model", config.env)] + [(f"final_model/{e}", e) for e in test_envs]:
         result = evaluate(run_dir / "final_model.zip", env_id=env_id, episodes=episodes, seed=2_000_000)
         row[key] = float(result["mean_return"])
+        if result["success_rate"] is not None:
+            row[f"success/{key}"] = float(result["success_rate"])
     return row
 
 
@@ -58,6 +61,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--test-env", nargs="*", default=[], help="other ids for every final model")
     parser.add_argument("--episodes", type=int, default=100, help="episodes per task for the final models")
     parser.add_argument("--json", type=Path, default=None, help="write rows and summary here")
+    parser.add_argument(
+        "--success", action="store_true", help="also summarise the final models' success rates"
+    )
     args = parser.parse_args(argv)
     runs = sorted(path.parent for folder in args.study_dirs for path in folder.glob("*/final_model.zip"))
     if not runs:
@@ -68,7 +74,16 @@ def main(argv: list[str] | None = None) -> int:
     columns += [f"final_model/{env_id}" for env_id in args.test_env]
     titles = ["best evaluation (MMER on POPGym)", "final evaluation", "final model"]
     titles += [f"final model on {env_id}" for env_id in args.test_env]
-    report(rows, columns, titles, "mean return", args.json)
+    unit = "mean return"
+    if args.success:
+        missing = [row["run"] for row in rows if "success/final_model" not in row]
+        if missing:
+            print(f"error: --success, but these runs' tasks report no success: {missing}", file=sys.stderr)
+            return 2
+        columns += [f"success/{column}" for column in columns if column.startswith("final_model")]
+        titles += [f"success, {title}" for title in titles if title.startswith("final model")]
+        unit = "mean return or success rate"
+    report(rows, columns, titles, unit, args.json)
     return 0
 
 

@@ -72,17 +72,50 @@ def test_popgym_summary_without_finished_runs_fails_clearly(tmp_path) -> None:
     assert result.returncode == 2 and "no finished runs" in result.stderr
 
 
-def test_memory_summary_reports_training_and_test_success_per_task_and_policy(tmp_path) -> None:
+@pytest.fixture(scope="module")
+def minigrid_runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A study folder with a tiny RIM and a tiny memoryless run on MemoryS7 (3x3 view), 2 evaluations each."""
+    folder = tmp_path_factory.mktemp("minigrid_study")
     overrides = parse_overrides(["env_kwargs:{'view_size': 3, 'actions': 3}", "n_steps:64", "batch_size:128"])
     for policy in ("rim", "ppo"):
         config = make_config(
-            "MiniGrid-MemoryS7-v0", policy=policy, n_timesteps=256, n_envs=2, log_folder=str(tmp_path),
+            "MiniGrid-MemoryS7-v0", policy=policy, n_timesteps=256, n_envs=2, log_folder=str(folder),
             eval_freq=128, eval_episodes=2, progress_bar=False, overrides=overrides,
         )  # fmt: skip
         train(config)
+    return folder
+
+
+def test_returns_summary_adds_success_rates_where_the_task_reports_them(
+    minigrid_runs: Path, popgym_runs: Path, tmp_path
+) -> None:
     out = tmp_path / "summary.json"
     result = _script(
-        "memory_summary.py", tmp_path, "--test-env", "MiniGrid-MemoryS9-v0",
+        "returns_summary.py", minigrid_runs, "--test-env", "MiniGrid-MemoryS9-v0",
+        "--episodes", 3, "--success", "--json", out,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    data = json.loads(out.read_text())
+    for row in data["rows"]:
+        for key in ("final_model", "final_model/MiniGrid-MemoryS9-v0"):
+            # MiniGrid pays 1 - 0.9 * steps / max_steps on reaching the goal, 0 otherwise.
+            assert 0.0 <= row[key] <= 1.0
+            assert row[f"success/{key}"] in (0.0, 1 / 3, 2 / 3, 1.0)
+            assert (row[f"success/{key}"] == 0.0) == (row[key] == 0.0)
+    cells = data["summary"]["MiniGrid-MemoryS7-v0"]["rim"]
+    assert {"success/final_model", "success/final_model/MiniGrid-MemoryS9-v0"} <= set(cells)
+    assert "success, final model on MiniGrid-MemoryS9-v0" in result.stdout
+    # POPGym has no success: asking for it names the runs instead of printing an empty column.
+    result = _script("returns_summary.py", popgym_runs, "--episodes", 1, "--success")
+    assert result.returncode == 2 and "report no success" in result.stderr
+
+
+def test_memory_summary_reports_training_and_test_success_per_task_and_policy(
+    minigrid_runs: Path, tmp_path
+) -> None:
+    out = tmp_path / "summary.json"
+    result = _script(
+        "memory_summary.py", minigrid_runs, "--test-env", "MiniGrid-MemoryS9-v0",
         "--episodes", 2, "--last", 2, "--json", out,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
