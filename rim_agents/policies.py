@@ -43,7 +43,7 @@ _RIM_KWARGS_SET_BY_POLICY = {
     "num_layers": "n_lstm_layers",
     "batch_first": "sb3-contrib's time-major layout (always False)",
 }
-# RIM dropouts the policies set to 0 unless rim_kwargs gives them (see _resolve_rim_kwargs).
+# RIM dropouts the policies set to 0 unless rim_kwargs gives them (see resolve_rim_kwargs).
 _POLICY_ZERO_DROPOUTS = ("input_dropout", "comm_dropout")
 # nn.LSTM keyword arguments a RIM can only honour at the value it has built in.
 _LSTM_KWARGS_RIM_MATCHES: dict[str, Any] = {
@@ -65,7 +65,7 @@ class ConflictingOptionsError(ValueError, AssertionError):
     """
 
 
-def _resolve_rim_kwargs(
+def resolve_rim_kwargs(
     rim_kwargs: dict[str, Any] | None,
     lstm_kwargs: dict[str, Any] | None,
     lstm_hidden_size: int | None,
@@ -219,7 +219,7 @@ class RimActorCriticPolicy(RecurrentActorCriticPolicy):
             )
         if isinstance(n_lstm_layers, bool) or not isinstance(n_lstm_layers, int) or n_lstm_layers < 1:
             raise ValueError(f"n_lstm_layers must be a positive integer, got {n_lstm_layers!r}")
-        resolved_rim_kwargs, hidden_size = _resolve_rim_kwargs(rim_kwargs, lstm_kwargs, lstm_hidden_size)
+        resolved_rim_kwargs, hidden_size = resolve_rim_kwargs(rim_kwargs, lstm_kwargs, lstm_hidden_size)
         # The parent builds nn.LSTM cores (replaced below) and the heads sized by hidden_size;
         # lstm_kwargs are validated above and only meant for the RIM, so the LSTM gets none.
         super().__init__(

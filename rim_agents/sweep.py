@@ -153,7 +153,10 @@ def cell_config(cell: dict[str, Any], log_folder: str | Path) -> TrainConfig:
 def _check_cell(cell: dict[str, Any], where: str) -> None:
     """Resolve a cell now: a typo must fail at create time, not hours into the sweep."""
     config = cell_config(cell, ".")
-    build_algorithm_kwargs(config)
+    try:
+        build_algorithm_kwargs(config)
+    except ValueError as error:
+        raise ValueError(f"{where}: {error}") from error
     if not 0 < config.eval_freq <= config.n_timesteps:
         raise ValueError(
             f"{where}: eval_freq={config.eval_freq} must be between 1 and n_timesteps={config.n_timesteps}: "

@@ -57,6 +57,7 @@ from rim_agents.callbacks import (
 )
 from rim_agents.extractors import MiniGridCNN
 from rim_agents.nn import RIM
+from rim_agents.policies import resolve_rim_kwargs
 from rim_agents.ppo import RimPPO
 from rim_agents.threads import torch_threads
 
@@ -373,11 +374,30 @@ def build_algorithm_kwargs(config: TrainConfig) -> tuple[type[OnPolicyAlgorithm]
         rim_kwargs = policy_kwargs.pop("rim_kwargs", None)
         policy_kwargs.setdefault("lstm_hidden_size", rim_hidden_size(rim_kwargs))
         algorithm = RecurrentPPO
+    _check_policy_kwargs(algorithm.policy_aliases[policy_name], policy_kwargs)
     for key in _SCHEDULE_KEYS:
         if key in hyperparams:
             hyperparams[key] = _schedule(key, hyperparams[key])
     hyperparams["policy_kwargs"] = policy_kwargs
     return algorithm, policy_name, hyperparams
+
+
+def _check_policy_kwargs(policy_class: type, policy_kwargs: dict[str, Any]) -> None:
+    """Reject a ``policy_kwargs`` key the policy does not take, and a bad ``rim_kwargs`` key, now:
+    a sweep creates its grid with this, so a typo fails there instead of in every trial."""
+    parameters = inspect.signature(policy_class).parameters
+    positional = ("observation_space", "action_space", "lr_schedule")
+    known = [name for name in parameters if name not in positional]
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
+    unknown = [] if takes_any else sorted(set(policy_kwargs) - set(known))
+    if unknown:
+        hints = {key: difflib.get_close_matches(key, known, n=3) for key in unknown}
+        raise ValueError(
+            f"policy_kwargs {unknown} are not options of {policy_class.__name__} (closest: {hints}); "
+            f"it takes {sorted(known)}"
+        )
+    if "rim_kwargs" in parameters:
+        resolve_rim_kwargs(policy_kwargs.get("rim_kwargs"), policy_kwargs.get("lstm_kwargs"), None)
 
 
 def make_vec_env(

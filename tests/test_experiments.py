@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from envs.popgym import max_mean_episodic_reward
+from rim_agents.sweep import load_grid
 from rim_agents.training import make_config, parse_overrides, train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -175,3 +176,11 @@ def test_study_summary_groups_rows_by_task_then_policy(tmp_path, capsys) -> None
         "| B-v0 | rim | 1 | 1,000 | 7.00 ± 0.00 |",
     ]
     assert json.loads(out.read_text())["summary"]["A-v0"]["ppo"]["score"] == [5.0, 0.0]
+
+
+@pytest.mark.parametrize("grid", sorted((ROOT / "experiments").glob("*.yaml")), ids=lambda path: path.stem)
+def test_every_checked_in_grid_still_resolves(grid: Path) -> None:
+    """The studies' grid files stay runnable: every cell resolves against today's YAML and keys."""
+    axes, cells = load_grid(grid)
+    assert cells and all("env" in cell and set(axes) <= set(cell) for cell in cells)
+    assert len({tuple(sorted(map(str, cell.items()))) for cell in cells}) == len(cells)

@@ -173,6 +173,26 @@ def test_unknown_override_key_names_close_keys():
         make_config(ENV, overrides={"n_step": 64})
 
 
+@pytest.mark.parametrize(
+    ("policy", "override", "message"),
+    [
+        (
+            "rim",
+            "policy_kwargs.rim_kwarg:{}",
+            r"\['rim_kwarg'\] are not options of RimActorCriticCnnPolicy",
+        ),
+        ("rim", "policy_kwargs.rim_kwargs.topk:3", r"rim_kwargs 'topk' is not a RIM argument.*'top_k'"),
+        ("lstm", "policy_kwargs.lstm_hiden_size:64", r"RecurrentActorCriticCnnPolicy.*'lstm_hidden_size'"),
+        ("ppo", "policy_kwargs.net_arc:[64]", r"ActorCriticCnnPolicy.*'net_arch'"),
+    ],
+)
+def test_policy_kwargs_typos_fail_when_the_config_is_built(policy, override, message):
+    """Before any model exists: a sweep checks its cells this way when it is created."""
+    config = make_config(ENV, policy=policy, overrides=parse_overrides([override]))
+    with pytest.raises(ValueError, match=message):
+        build_algorithm_kwargs(config)
+
+
 def test_override_without_colon_is_rejected():
     with pytest.raises(ValueError, match="key:value"):
         parse_overrides(["n_steps=64"])
