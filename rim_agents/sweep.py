@@ -152,8 +152,8 @@ def cell_config(cell: dict[str, Any], log_folder: str | Path) -> TrainConfig:
 
 def _check_cell(cell: dict[str, Any], where: str) -> None:
     """Resolve a cell now: a typo must fail at create time, not hours into the sweep."""
-    config = cell_config(cell, ".")
     try:
+        config = cell_config(cell, ".")
         build_algorithm_kwargs(config)
     except ValueError as error:
         raise ValueError(f"{where}: {error}") from error
