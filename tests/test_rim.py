@@ -289,6 +289,15 @@ BAD_ARGUMENTS = [
     ({"comm_dropout": -0.1}, "comm_dropout must be a number in [0, 1), got -0.1"),
     ({"dropout": 2}, "dropout must be a number in [0, 1), got 2"),
     ({"comm_read": "residual"}, "comm_read must be one of ['gated', 'linear'], got 'residual'"),
+    ({"input_attention": 0}, "input_attention must be True or False, got 0"),
+    (
+        {"input_attention": False},
+        "input_attention=False lets every unit read the input, so top_k must equal num_units=6, got top_k=4",
+    ),
+    (
+        {"input_attention": False, "top_k": 6, "backend": "native"},
+        "backend='native' cannot run input_attention=False",
+    ),
 ]
 
 
@@ -351,3 +360,43 @@ def test_calls_without_autograd_see_every_weight_change(backend):
     with torch.no_grad():
         out = double(x.double())[0]
     torch.testing.assert_close(out, double(x.double())[0].detach(), atol=1e-12, rtol=1e-12)
+
+
+def test_without_input_attention_one_unit_is_an_lstm_reading_the_composed_input_weight():
+    """input_attention=False, one unit, no communication: exactly nn.LSTM with W_ih = (W_v @ W_ih)^T."""
+    torch.manual_seed(0)
+    rim = RIM(5, num_units=1, unit_size=8, top_k=1, input_value_size=10, communicate=False,
+              input_attention=False).double()  # fmt: skip
+    cell = rim.layers[0]
+    lstm = torch.nn.LSTM(5, 8).double()
+    order = torch.cat([torch.arange(0, 16), torch.arange(24, 32), torch.arange(16, 24)])  # i f o c -> i f c o
+    with torch.no_grad():
+        lstm.weight_ih_l0.copy_((cell.input_attention.value_weight @ cell.weight_ih[0]).T[order])
+        lstm.weight_hh_l0.copy_(cell.weight_hh[0].T[order])
+        lstm.bias_ih_l0.copy_(cell.bias_ih[0][order])
+        lstm.bias_hh_l0.copy_(cell.bias_hh[0][order])
+    x = torch.randn(7, 3, 5, dtype=torch.float64)
+    hx = (torch.randn(1, 3, 8, dtype=torch.float64), torch.randn(1, 3, 8, dtype=torch.float64))
+    for training in (True, False):  # attention dropout (p=0.1) draws masks in training: set it off
+        rim.train(training)
+        rim.layers[0].input_attention.dropout = 0.0
+        output, (h_n, c_n) = rim(x, hx)
+        expected, (h_lstm, c_lstm) = lstm(x, hx)
+        torch.testing.assert_close(output, expected)
+        torch.testing.assert_close(h_n, h_lstm)
+        torch.testing.assert_close(c_n, c_lstm)
+    assert rim.last_active.all()
+
+
+def test_without_input_attention_auto_runs_the_pytorch_path(monkeypatch):
+    from rim_agents.nn import rim as rim_module
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("input_attention=False must not reach the native op")
+
+    monkeypatch.setattr(rim_module, "_native_layer", refuse)
+    model = RIM(5, num_units=2, unit_size=4, top_k=2, input_attention=False, backend="auto")
+    output, _ = model(torch.randn(4, 3, 5))
+    assert output.shape == (4, 3, 8) and model.last_active.all()
+    output.sum().backward()
+    assert "input_attention=False" in repr(model)

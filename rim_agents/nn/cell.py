@@ -97,8 +97,10 @@ class RIMCell(nn.Module):
         comm_dropout: float,
         communicate: bool,
         comm_read: str = "gated",
+        input_attention: bool = True,
     ) -> None:
         super().__init__()
+        self.attend = input_attention
         self.num_units = num_units
         self.unit_size = unit_size
         self.top_k = top_k
@@ -221,7 +223,11 @@ class RIMCell(nn.Module):
         gate_width = input_gates.shape[-1]
         recurrent = torch.baddbmm(weights.bias, h, weights.recurrent)  # (k, n, g+q)
         hidden_gates, query = recurrent.split([gate_width, recurrent.shape[-1] - gate_width], dim=-1)
-        read_weight, active = self.input_attention.select(query, keys, self.top_k, input_mask)
+        if self.attend:
+            read_weight, active = self.input_attention.select(query, keys, self.top_k, input_mask)
+        else:  # the input_attention=False ablation: every unit reads value(x_t) with weight 1
+            read_weight = torch.ones_like(hidden_gates[..., 0]) if input_mask is None else input_mask
+            active = torch.ones_like(read_weight, dtype=torch.bool)
         read_weight = read_weight.unsqueeze(-1)
         mask = active.unsqueeze(-1)
         if self.cell == "lstm":

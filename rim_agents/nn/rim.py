@@ -55,6 +55,11 @@ class RIM(nn.Module):
             ``None`` means ``4 * unit_size`` (paper: 400).
         input_heads: input-attention heads; scores are averaged over heads (paper: 1).
         input_dropout: dropout on the input-attention weights (paper: 0.1).
+        input_attention: ``False`` is an ablation, not the paper's model: every unit reads
+            ``value(x_t)`` with weight 1 instead of ``sigmoid(score) * value(x_t)``, so no
+            unit is ever switched off by the input. It needs ``top_k == num_units`` and runs
+            on the PyTorch path (``backend="auto"`` uses it; ``"native"`` refuses). The
+            query and key weights stay in the module (same ``state_dict`` keys) unused.
         comm_key_size, comm_value_size: communication key and value size per head
             (paper: 32, 32).
         comm_heads: communication heads (paper: 4).
@@ -91,7 +96,7 @@ class RIM(nn.Module):
 
     Attributes:
         input_size, hidden_size, num_layers, num_units, unit_size, top_k, cell, comm_read,
-        backend.
+        input_attention, backend.
         last_active: ``(L, num_layers, N, K)`` booleans, which units were active at each
             step of the last forward call (``(L, num_layers, K)`` unbatched), or None
             before the first call. Recorded during the pass, no extra computation.
@@ -120,6 +125,7 @@ class RIM(nn.Module):
         input_value_size: int | None = None,
         input_heads: int = 1,
         input_dropout: float = 0.1,
+        input_attention: bool = True,
         comm_key_size: int = 32,
         comm_value_size: int = 32,
         comm_heads: int = 4,
@@ -150,6 +156,18 @@ class RIM(nn.Module):
         _check_positive_int("top_k", top_k)
         if top_k > num_units:
             raise ValueError(f"top_k must be between 1 and num_units={num_units}, got {top_k}")
+        if not isinstance(input_attention, bool):
+            raise ValueError(f"input_attention must be True or False, got {input_attention!r}")
+        if not input_attention and top_k != num_units:
+            raise ValueError(
+                f"input_attention=False lets every unit read the input, so top_k must equal "
+                f"num_units={num_units}, got top_k={top_k}"
+            )
+        if backend == "native" and not input_attention:
+            raise ValueError(
+                "backend='native' cannot run input_attention=False (the native op always attends); "
+                "use backend='auto' or 'torch'"
+            )
         if cell not in GATES:
             raise ValueError(f"cell must be one of {sorted(GATES)}, got {cell!r}")
         if comm_read not in COMM_READS:
@@ -170,6 +188,7 @@ class RIM(nn.Module):
         self.unit_size = unit_size
         self.hidden_size = num_units * unit_size
         self.top_k = top_k
+        self.input_attention = input_attention
         self.num_layers = num_layers
         self.cell = cell
         self.comm_read = comm_read
@@ -193,6 +212,7 @@ class RIM(nn.Module):
                 comm_dropout,
                 communicate,
                 comm_read,
+                input_attention,
             )
             for layer in range(num_layers)
         )
@@ -203,6 +223,7 @@ class RIM(nn.Module):
             f"{self.input_size}, num_units={self.num_units}, unit_size={self.unit_size}, "
             f"top_k={self.top_k}, num_layers={self.num_layers}, cell={self.cell!r}, "
             f"comm_read={self.comm_read!r}, backend={self.backend!r}"
+            + ("" if self.input_attention else ", input_attention=False")
         )
 
     def forward(
@@ -259,7 +280,7 @@ class RIM(nn.Module):
 
     def _uses_native(self, x: Tensor) -> bool:
         """Whether this call runs natively; ValueError for ``backend="native"`` where it cannot."""
-        if self.backend == "torch":
+        if self.backend == "torch" or not self.input_attention:
             return False
         reason = native.unsupported_reason(x)
         if self.backend == "native":
