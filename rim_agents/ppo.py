@@ -3,10 +3,11 @@ rollout buffer whose minibatches carry no padding waste (:mod:`rim_agents.buffer
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from gymnasium import spaces
 from sb3_contrib import RecurrentPPO
+from sb3_contrib.common.recurrent.policies import RecurrentActorCriticPolicy
 from stable_baselines3.common.policies import BasePolicy
 
 from rim_agents.buffers import RimDictRolloutBuffer, RimRolloutBuffer
@@ -32,6 +33,14 @@ class RimPPO(RecurrentPPO):
     buffer), and a model saved by either loads back with ``RecurrentPPO.load`` or
     ``RimPPO.load`` (the policy class is stored by reference and imported from
     ``rim_agents.policies`` on load).
+
+    :param packed_minibatches: which buffer builds the minibatches. None (default): the
+        packed lanes for RIM policies, sb3-contrib's padded sequences for the others.
+        ``False``: sb3-contrib's for every policy; ``True``: the packed lanes for every
+        policy, the LSTM included (its ``nn.LSTM`` then runs step by step in any lane that
+        holds an episode start: correct, slower). The two differ in which episode pieces
+        share a minibatch, so this is how to compare policies under the same minibatches.
+    Other arguments are sb3-contrib's ``RecurrentPPO``'s.
     """
 
     policy_aliases: ClassVar[dict[str, type[BasePolicy]]] = {
@@ -40,6 +49,15 @@ class RimPPO(RecurrentPPO):
         "CnnRimPolicy": CnnRimPolicy,
         "MultiInputRimPolicy": MultiInputRimPolicy,
     }
+
+    def __init__(self, *args: Any, packed_minibatches: bool | None = None, **kwargs: Any) -> None:
+        if packed_minibatches is not None and not isinstance(packed_minibatches, bool):
+            raise ValueError(
+                f"packed_minibatches must be True, False or None (packed for RIM policies only), "
+                f"got {packed_minibatches!r}"
+            )
+        self.packed_minibatches = packed_minibatches  # read by _setup_model, which __init__ calls
+        super().__init__(*args, **kwargs)
 
     def _setup_model(self) -> None:
         batch_size = self.batch_size
@@ -51,10 +69,12 @@ class RimPPO(RecurrentPPO):
                 f"rollout), got {batch_size!r}"
             )
         super()._setup_model()
-        if not isinstance(self.policy, RimActorCriticPolicy):
+        packed = self.packed_minibatches
+        if not (isinstance(self.policy, RimActorCriticPolicy) if packed is None else packed):
             return
         # The parent built sb3-contrib's buffer; this one has the same storage.
-        rim = self.policy.lstm_actor
+        assert isinstance(self.policy, RecurrentActorCriticPolicy)  # every alias here is recurrent
+        num_layers, _, hidden_size = self.policy.lstm_hidden_state_shape
         buffer_class = (
             RimDictRolloutBuffer if isinstance(self.observation_space, spaces.Dict) else RimRolloutBuffer
         )
@@ -62,7 +82,7 @@ class RimPPO(RecurrentPPO):
             self.n_steps,
             self.observation_space,
             self.action_space,
-            (self.n_steps, rim.num_layers, self.n_envs, rim.hidden_size),
+            (self.n_steps, num_layers, self.n_envs, hidden_size),
             self.device,
             gamma=self.gamma,
             gae_lambda=self.gae_lambda,

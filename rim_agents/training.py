@@ -80,7 +80,8 @@ CHECKPOINT_DIR = "checkpoints"
 # zoo's training keys. Arguments that the training core sets itself are left out.
 _SET_BY_CORE = {"self", "policy", "env", "tensorboard_log", "verbose", "seed", "device", "_init_setup_model"}
 ALGO_KEYS = frozenset(inspect.signature(RecurrentPPO.__init__).parameters) - _SET_BY_CORE
-HYPERPARAM_KEYS = ALGO_KEYS | {"policy", "n_timesteps", "n_envs", "env_kwargs"}
+# packed_minibatches is RimPPO's (rim_agents.ppo): which buffer builds the minibatches.
+HYPERPARAM_KEYS = ALGO_KEYS | {"policy", "n_timesteps", "n_envs", "env_kwargs", "packed_minibatches"}
 # Hyperparameters that may be a schedule string "lin_<start>" (linear decay to 0, as in the zoo).
 _SCHEDULE_KEYS = ("learning_rate", "clip_range", "clip_range_vf")
 # policy_kwargs entries given as dotted import paths in YAML.
@@ -368,12 +369,16 @@ def build_algorithm_kwargs(config: TrainConfig) -> tuple[type[OnPolicyAlgorithm]
         policy_name = policy_name.replace("Rim", "")
         for key in _RECURRENT_POLICY_KWARGS:
             policy_kwargs.pop(key, None)
+        hyperparams.pop("packed_minibatches", None)  # no sequences to pack
         algorithm = PPO
     elif config.policy == "lstm":
         policy_name = policy_name.replace("Rim", "Lstm")
         rim_kwargs = policy_kwargs.pop("rim_kwargs", None)
         policy_kwargs.setdefault("lstm_hidden_size", rim_hidden_size(rim_kwargs))
-        algorithm = RecurrentPPO
+        # sb3-contrib's RecurrentPPO and buffer, unless the LSTM is asked to train on packed lanes.
+        algorithm = RimPPO if hyperparams.get("packed_minibatches") else RecurrentPPO
+        if algorithm is RecurrentPPO:
+            hyperparams.pop("packed_minibatches", None)
     _check_policy_kwargs(algorithm.policy_aliases[policy_name], policy_kwargs)
     for key in _SCHEDULE_KEYS:
         if key in hyperparams:

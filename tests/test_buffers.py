@@ -136,6 +136,27 @@ def test_training_forward_reproduces_the_rollout_log_probs_and_values(
         seed=0,
         policy_kwargs={"rim_kwargs": TINY_RIM, **policy_kwargs},
     )
+    _assert_the_update_reproduces_the_rollout(model)
+
+
+@pytest.mark.parametrize("n_lstm_layers", [1, 2])
+def test_the_lstm_policy_on_packed_lanes_reproduces_its_rollout(n_lstm_layers: int) -> None:
+    # packed_minibatches=True gives sb3-contrib's LSTM the lanes; its nn.LSTM then steps
+    # through lanes that hold episode starts, and must still recompute the rollout exactly.
+    model = RimPPO(
+        "MlpLstmPolicy",
+        make_vec_env("CartPole-v1", n_envs=4, seed=0),
+        n_steps=32,
+        batch_size=40,
+        seed=0,
+        packed_minibatches=True,
+        policy_kwargs={"lstm_hidden_size": 8, "n_lstm_layers": n_lstm_layers},
+    )
+    assert type(model.rollout_buffer) is RimRolloutBuffer
+    _assert_the_update_reproduces_the_rollout(model)
+
+
+def _assert_the_update_reproduces_the_rollout(model: RecurrentPPO) -> None:
     _collect_one_rollout(model)
     model.policy.set_training_mode(False)
     real_steps = 0
@@ -190,6 +211,22 @@ def test_rimppo_gives_rim_policies_the_lane_buffer_and_everything_else_sb3_contr
     assert (
         type(RecurrentPPO.load(tmp_path / "rim.zip", env=cartpole).rollout_buffer) is RecurrentRolloutBuffer
     )
+    # packed_minibatches overrides the choice either way, and is kept through save and load.
+    padded = RimPPO(
+        "MlpRimPolicy", cartpole, n_steps=16, packed_minibatches=False, policy_kwargs={"rim_kwargs": TINY_RIM}
+    )
+    assert type(padded.rollout_buffer) is RecurrentRolloutBuffer
+    packed = RimPPO("MlpLstmPolicy", cartpole, n_steps=16, packed_minibatches=True)
+    assert type(packed.rollout_buffer) is RimRolloutBuffer
+    for model, buffer in ((padded, RecurrentRolloutBuffer), (packed, RimRolloutBuffer)):
+        model.save(tmp_path / "model.zip")
+        assert type(RimPPO.load(tmp_path / "model.zip", env=cartpole).rollout_buffer) is buffer
+
+
+@pytest.mark.parametrize("value", ["yes", 1, 0.0])
+def test_rimppo_rejects_a_packed_minibatches_that_is_not_a_bool_or_none(value: Any) -> None:
+    with pytest.raises(ValueError, match=r"packed_minibatches must be True, False or None .* got"):
+        RimPPO("MlpLstmPolicy", "CartPole-v1", packed_minibatches=value)
 
 
 @pytest.mark.parametrize("batch_size", [0, -4, 2.5, True, "64"])

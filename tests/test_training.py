@@ -227,6 +227,18 @@ def test_lstm_baseline_has_the_rims_total_hidden_size():
     assert kwargs["policy_kwargs"]["lstm_hidden_size"] == 12 and "rim_kwargs" not in kwargs["policy_kwargs"]
 
 
+@pytest.mark.parametrize(
+    ("policy", "packed", "expected"),
+    [("rim", False, RimPPO), ("lstm", True, RimPPO), ("lstm", False, RecurrentPPO), ("ppo", True, PPO)],
+)
+def test_packed_minibatches_reaches_rimppo_and_moves_the_lstm_onto_it(policy, packed, expected):
+    config = make_config(ENV, policy=policy, overrides={**TINY, "packed_minibatches": packed})
+    algorithm, _, kwargs = build_algorithm_kwargs(config)
+    assert algorithm is expected
+    # RimPPO takes the key; RecurrentPPO (the LSTM on sb3-contrib's buffer) and PPO have no such argument.
+    assert kwargs.get("packed_minibatches") == (packed if expected is RimPPO else None)
+
+
 def test_memoryless_control_is_ppo_with_the_same_extractor_heads_and_hyperparameters(tmp_path):
     config = make_config(ENV, policy="ppo", overrides=TINY)
     algorithm, policy_name, kwargs = build_algorithm_kwargs(config)
