@@ -152,6 +152,28 @@ def test_memory_by_start_splits_episodes_by_where_the_cue_was_seen(tmp_path) -> 
     assert all(0.0 <= group["success"] <= 1.0 for group in groups if group["episodes"])
 
 
+def test_memory_cue_in_state_measures_the_cue_from_sight_to_the_fork(tmp_path) -> None:
+    overrides = parse_overrides(["env_kwargs:{'view_size': 3, 'actions': 3}", "n_steps:64", "batch_size:128"])
+    config = make_config(
+        "MiniGrid-MemoryS7-v0", policy="lstm", n_timesteps=128, n_envs=2, log_folder=str(tmp_path),
+        eval_freq=0, progress_bar=False, overrides=overrides,
+    )  # fmt: skip
+    model = train(config) / "final_model.zip"
+    out = tmp_path / "cue.json"
+    result = _script(
+        "memory_cue_in_state.py", model, "--fresh", "rim", "--init-seeds", 1,
+        "-params", "env_kwargs:{'view_size': 3, 'actions': 3}", "--json", out,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    trained, fresh = json.loads(out.read_text())
+    assert fresh["agent"] == "fresh rim, init seed 0"
+    for row in (trained, fresh):
+        # MemoryS7: the agent starts at x=1 and reaches the fork at x=5, 5 observations in all.
+        assert len(row["relative_distance"]) == 5
+        assert all(value >= 0.0 for value in row["relative_distance"])
+        assert row["relative_distance"][0] > 0.0  # the cue in view moves the state
+
+
 def test_study_summary_groups_rows_by_task_then_policy(tmp_path, capsys) -> None:
     sys.path.insert(0, str(ROOT / "experiments"))
     from study_summary import report
