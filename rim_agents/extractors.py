@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch as th
 from gymnasium import spaces
-from stable_baselines3.common.preprocessing import is_image_space_channels_first
+from stable_baselines3.common.preprocessing import get_flattened_obs_dim, is_image_space_channels_first
 from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
 from torch import nn
 
@@ -164,3 +164,33 @@ class MinAtarCNN(BaseFeaturesExtractor):
         :return: ``(N, features_dim)``
         """
         return self.linear(self.cnn(observations))
+
+
+class ScaledFlatten(BaseFeaturesExtractor):
+    """
+    SB3's ``FlattenExtractor`` times a constant: ``features = scale * flatten(obs)``.
+
+    A fixed input scale for vector observations, with no weights of its own. Multiplying the
+    input by ``scale`` multiplies the recurrent cell's input term by ``scale`` at
+    initialisation (and that term's gradient with it). That is how the RepeatFirst ablations
+    (docs/results.md) give sb3-contrib's LSTM the input drive of a RIM unit. POPGym's one-hot
+    observations drive an ``nn.LSTM`` at PyTorch's default initialisation about 8x more weakly
+    (standard deviation) than a RIM unit's ``W_value @ W_ih``.
+
+    :param observation_space: any Box (flattened as SB3 does)
+    :param scale: the constant, a positive number
+    """
+
+    def __init__(self, observation_space: spaces.Space, scale: float = 1.0) -> None:
+        if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not scale > 0:
+            raise ValueError(f"scale must be a positive number, got {scale!r}")
+        super().__init__(observation_space, get_flattened_obs_dim(observation_space))
+        self.scale = float(scale)
+        self.flatten = nn.Flatten()
+
+    def forward(self, observations: th.Tensor) -> th.Tensor:
+        """
+        :param observations: ``(N, *obs_shape)`` float
+        :return: ``(N, prod(obs_shape))``
+        """
+        return self.flatten(observations) * self.scale

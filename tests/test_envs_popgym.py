@@ -9,13 +9,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from gymnasium import spaces
 from sb3_contrib import RecurrentPPO
 from stable_baselines3 import PPO
 
 from envs import check_env_id, env_family, make_env
 from envs.popgym import encode, encoded_size, env_ids, max_mean_episodic_reward
-from rim_agents.training import build_algorithm_kwargs, load_hyperparams, make_config, train
+from rim_agents.extractors import ScaledFlatten
+from rim_agents.training import build_algorithm_kwargs, load_hyperparams, make_config, parse_overrides, train
 
 ROOT = Path(__file__).resolve().parents[1]
 TASK = "popgym-RepeatFirstEasy-v0"
@@ -194,6 +196,27 @@ def test_yaml_block_and_its_lstm_and_memoryless_controls():
     assert kwargs["policy_kwargs"]["lstm_hidden_size"] == 256  # POPGym's memory size
     algorithm, policy, kwargs = build_algorithm_kwargs(make_config(TASK, policy="ppo"))
     assert (algorithm, policy) == (PPO, "MlpPolicy") and "rim_kwargs" not in kwargs["policy_kwargs"]
+
+
+def test_scaled_flatten_multiplies_the_flat_observation_and_reaches_the_lstm():
+    space = make_env(TASK, seed=0)().observation_space
+    extractor = ScaledFlatten(space, scale=8.0)
+    obs = torch.as_tensor(np.stack([space.sample() for _ in range(3)]))
+    assert extractor.features_dim == obs.shape[1]
+    torch.testing.assert_close(extractor(obs), 8.0 * obs)
+    for scale in (0, -1.0, True, "8"):
+        with pytest.raises(ValueError, match="scale must be a positive number"):
+            ScaledFlatten(space, scale=scale)
+    overrides = parse_overrides(
+        ["policy_kwargs.features_extractor_class:'rim_agents.extractors.ScaledFlatten'",
+         "policy_kwargs.features_extractor_kwargs:{'scale': 8.0}"]
+    )  # fmt: skip
+    algorithm, _, kwargs = build_algorithm_kwargs(make_config(TASK, policy="lstm", overrides=overrides))
+    model = algorithm("MlpLstmPolicy", make_env(TASK, seed=0)(), **kwargs)
+    assert (
+        isinstance(model.policy.features_extractor, ScaledFlatten)
+        and model.policy.features_extractor.scale == 8
+    )
 
 
 @pytest.mark.parametrize(
