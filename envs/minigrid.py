@@ -34,7 +34,6 @@ from minigrid.wrappers import (
     ImgObsWrapper,
     RGBImgObsWrapper,
     RGBImgPartialObsWrapper,
-    ViewSizeWrapper,
 )
 from stable_baselines3.common.monitor import Monitor
 
@@ -139,9 +138,10 @@ def make_minigrid(
     :param tile_size: pixels per tile in ``"rgb"`` mode
     :param render_mode: None, or ``"rgb_array"`` for video frames
     :param max_steps: episode step limit; None keeps the environment's own
-    :param view_size: side of the agent's square view (odd, at least 3; MiniGrid's
-        ``ViewSizeWrapper``); None keeps the environment's 7. A smaller view hides more of the
-        room, so a memory task needs more memory
+    :param view_size: side of the agent's square view (odd, at least 3; the environment's
+        ``agent_view_size``, which gives the same symbolic codes as MiniGrid's ``ViewSizeWrapper``
+        and also sizes the rgb view); None keeps the environment's 7. A smaller view hides more
+        of the room, so a memory task needs more memory
     :param actions: keep only MiniGrid's first ``actions`` actions (3: turn left, turn right,
         forward, all a Memory task needs); None keeps all 7
     :return: the environment; its observation space is a (H, W, 3) ``uint8`` Box
@@ -156,7 +156,6 @@ def make_minigrid(
         if max_steps < 1:
             raise ValueError(f"max_steps={max_steps} must be a positive number of steps")
         kwargs["max_steps"] = max_steps
-    env = gym.make(env_id, **kwargs)
     if view_size is not None:
         if (
             isinstance(view_size, bool)
@@ -165,7 +164,10 @@ def make_minigrid(
             or view_size % 2 == 0
         ):
             raise ValueError(f"view_size={view_size!r} must be an odd integer >= 3 (the agent sees a square)")
-        env = ViewSizeWrapper(env, agent_view_size=view_size)
+        # The environment's own agent_view_size, not minigrid's ViewSizeWrapper: the wrapper
+        # narrows the symbolic codes only, and the rgb view is rendered from the environment's size.
+        kwargs["agent_view_size"] = view_size
+    env = gym.make(env_id, **kwargs)
     if actions is not None:
         available = int(env.action_space.n)  # type: ignore[attr-defined]
         if isinstance(actions, bool) or not isinstance(actions, int) or not 1 <= actions <= available:

@@ -520,7 +520,10 @@ class NonFiniteGuard(BaseCallback):
         return True
 
     def explain(self, error: Exception) -> NonFiniteError | None:
-        """A :class:`NonFiniteError` for an exception raised in ``learn``; None if nothing is non-finite."""
+        """A :class:`NonFiniteError` for an exception raised in ``learn``; None if nothing is
+        non-finite, or if ``learn`` failed before training started (no model to check yet)."""
+        if getattr(self, "model", None) is None:
+            return None
         found = find_non_finite(self.model)
         if isinstance(error, ValueError) and "invalid values" in str(error):
             found.insert(0, "the policy's action distribution (logits)")

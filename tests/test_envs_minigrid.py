@@ -97,6 +97,34 @@ def test_a_three_by_three_view_is_channels_first_with_the_codes_in_front():
     np.testing.assert_array_equal(obs, hwc.transpose(2, 0, 1))
 
 
+@pytest.mark.parametrize(("env_id", "view"), [("MiniGrid-MemoryS7-v0", 3), ("MiniGrid-DoorKey-5x5-v0", 5)])
+def test_a_narrow_view_gives_minigrids_view_size_codes_along_a_random_walk(env_id, view):
+    ours = make_minigrid(env_id, view_size=view)
+    theirs = ImgObsWrapper(ViewSizeWrapper(gym.make(env_id), agent_view_size=view))
+    rng = np.random.default_rng(0)
+    for seed in range(3):
+        obs, _ = ours.reset(seed=seed)
+        reference, _ = theirs.reset(seed=seed)
+        for _ in range(30):
+            layout = obs.transpose(1, 2, 0) if view == 3 else obs  # a 3x3 view is channels-first
+            np.testing.assert_array_equal(layout, reference)
+            action = int(rng.integers(3))
+            obs, _, terminated, truncated, _ = ours.step(action)
+            reference, *_ = theirs.step(action)
+            if terminated or truncated:
+                break
+
+
+@pytest.mark.parametrize(("view", "tile", "side"), [(3, 12, 36), (5, 8, 40)])
+def test_a_narrow_view_in_pixels_renders_that_view(view, tile, side):
+    env = make_minigrid("MiniGrid-MemoryS7-v0", observation="rgb", tile_size=tile, view_size=view, actions=3)
+    obs, _ = env.reset(seed=0)
+    assert obs.shape == (side, side, 3) == env.observation_space.shape
+    for _ in range(5):
+        obs, *_ = env.step(env.action_space.sample())
+        assert env.observation_space.contains(obs)
+
+
 @pytest.mark.parametrize("view", [2, 4, 0, True])
 def test_view_size_must_be_odd_and_at_least_three(view):
     with pytest.raises(ValueError, match=rf"view_size={view!r} must be an odd integer >= 3"):

@@ -391,6 +391,17 @@ def test_nan_logits_during_a_rollout_are_named_with_their_step(tmp_path, monkeyp
     assert isinstance(raised.value.__cause__, ValueError)
 
 
+def test_an_error_before_training_starts_reaches_the_caller_as_it_is(tmp_path, monkeypatch):
+    # learn() can fail before any callback is set up (here: the first reset); the NaN guard
+    # then has no model to inspect and must let the original error through.
+    def broken_reset(self, *args, **kwargs):
+        raise ValueError("could not broadcast input array from shape (84,84,3) into shape (36,36,3)")
+
+    monkeypatch.setattr(DummyVecEnv, "reset", broken_reset)
+    with pytest.raises(ValueError, match=r"could not broadcast input array"):
+        train(tiny_config(tmp_path, n_timesteps=64))
+
+
 def test_usage_entropy_is_zero_for_a_fixed_active_set_and_one_for_equal_use():
     # 4 units, top_k 2, 100 steps: the same two units always, then every unit equally often.
     assert usage_entropy(np.array([[100.0, 100.0, 0.0, 0.0]]), top_k=2) == pytest.approx(0.0)
