@@ -672,6 +672,26 @@ class Worker:
                 for t in _sweep_trials(self.study, (TrialState.RUNNING,))
             )
 
+    def retry_failed(self) -> int:
+        """Queue again every cell whose last attempt raised an error and that has no attempt
+        queued, running or finished: after the cause is fixed, the sweep finishes the cells
+        it lost. Each retry resumes its run directory's latest checkpoint.
+
+        :return: the number of cells queued again
+        """
+        with self._requeue_lock():
+            attempts: dict[int, list[FrozenTrial]] = {}
+            for trial in _sweep_trials(self.study):
+                attempts.setdefault(trial.user_attrs[INDEX], []).append(trial)
+            count = 0
+            for cell in sorted(attempts):
+                last = max(attempts[cell], key=lambda t: t.number)
+                if last.state == TrialState.FAIL and ERROR in last.user_attrs:
+                    self.hand_back.add(self.study, last)
+                    print(f"[{self.tag}] queued cell {cell} again ({last.user_attrs[ERROR]})", flush=True)
+                    count += 1
+            return count
+
     def _requeue_dead(self) -> None:
         if self.journal is None:
             with warnings.catch_warnings():
@@ -832,6 +852,7 @@ def work(
     grace: int = 120,
     recover: bool = False,
     max_retry: int = 3,
+    retry_failed: bool = False,
 ) -> int:
     """Run ``workers`` worker processes here until the sweep has nothing queued or running.
 
@@ -847,6 +868,8 @@ def work(
     :param grace: seconds without a heartbeat after which a trial counts as dead and is queued again
     :param recover: first queue again every trial left running (only when no worker of the sweep is alive)
     :param max_retry: times one cell is queued again after its worker died
+    :param retry_failed: first queue again every cell whose last attempt raised an error (a
+        trial that fails is not retried on its own: the same error would recur)
     :return: 0 when done, 130 when interrupted, 1 when a worker process died
     """
     for name, value, low in (
@@ -863,6 +886,8 @@ def work(
     worker = Worker(storage, study_name, output, heartbeat, grace, max_retry)
     if recover:
         print(f"recovered {worker.recover()} running trial(s)", flush=True)
+    if retry_failed:
+        print(f"queued {worker.retry_failed()} failed cell(s) again", flush=True)
     if workers == 1:
         previous = signal.signal(signal.SIGTERM, signal.default_int_handler)  # hand the trial back
         try:

@@ -64,6 +64,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="re-queue trials left running now (no other worker may be alive)",
     )
     run.add_argument("--max-retry", type=int, default=3, help="re-queues of one cell after dead workers")
+    run.add_argument(
+        "--retry-failed",
+        action="store_true",
+        help="first re-queue the cells whose last attempt raised an error (after fixing its cause)",
+    )
 
     summary = commands.add_parser("report", help="markdown table over seeds, JSON rows, learning curves")
     common(summary)
@@ -110,6 +115,7 @@ def main(argv: list[str] | None = None) -> int:
                 grace=args.grace,
                 recover=args.recover,
                 max_retry=args.max_retry,
+                retry_failed=args.retry_failed,
             )
         text = report(
             args.storage, args.study, args.output, args.json, args.plot, args.threshold, args.state_plot

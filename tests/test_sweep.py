@@ -454,3 +454,31 @@ def test_a_pruned_search_trial_stops_training_at_its_evaluation(tmp_path, monkey
     run_dir = output / "pruned" / trial.user_attrs[RUN_NAME]
     assert not (run_dir / "final_model.zip").exists()
     assert max(int(p.stem.split("_")[2]) for p in (run_dir / "checkpoints").glob("*.zip")) <= 64
+
+
+def test_a_cell_that_raised_runs_again_only_when_asked(tmp_path, monkeypatch):
+    import rim_agents.sweep as sweep_module
+
+    storage, output = one_cell_study(tmp_path, "raised", 64), tmp_path / "runs"
+    real_train = sweep_module.train
+
+    def broken_train(*args, **kwargs):
+        raise RuntimeError("no space left on device")
+
+    monkeypatch.setattr(sweep_module, "train", broken_train)
+    assert work(storage, "raised", output, heartbeat=1, grace=600) == 0
+    (failed,) = load(storage, "raised").trials
+    assert failed.state == TrialState.FAIL and "no space left" in failed.user_attrs["error"]
+    # Without the flag a failed cell stays failed: the same error would most likely recur.
+    assert work(storage, "raised", output, heartbeat=1, grace=600) == 0
+    assert len(load(storage, "raised").trials) == 1
+
+    monkeypatch.setattr(sweep_module, "train", real_train)  # the cause is fixed
+    assert work(storage, "raised", output, heartbeat=1, grace=600, retry_failed=True) == 0
+    first, retry = load(storage, "raised").trials
+    assert (first.state, retry.state) == (TrialState.FAIL, TrialState.COMPLETE)
+    assert retry.user_attrs[INDEX] == 0 and retry.user_attrs[RUN_NAME] == first.user_attrs[RUN_NAME]
+    assert (output / "raised" / retry.user_attrs[RUN_NAME] / "final_model.zip").is_file()
+    # A finished cell is never queued again.
+    assert work(storage, "raised", output, heartbeat=1, grace=600, retry_failed=True) == 0
+    assert len(load(storage, "raised").trials) == 2
