@@ -77,6 +77,8 @@ class RIMCell(nn.Module):
         weight_hh: ``(k, h, g)`` each unit's recurrent weights.
         bias_ih, bias_hh: ``(k, g)``. Gate order: LSTM ``i, f, o, c``; GRU ``r, z, n``.
         input_attention: :class:`InputAttention`.
+        attend: False for ``RIM(input_attention=False)``: every unit reads with weight 1
+            (times the input dropout mask, if any) and every unit is active.
         communication: :class:`CommunicationAttention`, or None when ``communicate=False``.
     """
 

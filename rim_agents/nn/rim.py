@@ -59,7 +59,8 @@ class RIM(nn.Module):
             ``value(x_t)`` with weight 1 instead of ``sigmoid(score) * value(x_t)``, so no
             unit is ever switched off by the input. It needs ``top_k == num_units`` and runs
             on the PyTorch path (``backend="auto"`` uses it; ``"native"`` refuses). The
-            query and key weights stay in the module (same ``state_dict`` keys) unused.
+            query and key weights stay in the module (same ``state_dict`` keys) unused, and
+            ``input_dropout`` drops a unit's whole read.
         comm_key_size, comm_value_size: communication key and value size per head
             (paper: 32, 32).
         comm_heads: communication heads (paper: 4).
