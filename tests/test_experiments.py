@@ -175,6 +175,19 @@ def test_memory_cue_in_state_measures_the_cue_from_sight_to_the_fork(tmp_path) -
         assert row["relative_distance"][0] > 0.0  # the cue in view moves the state
 
 
+def test_input_term_scale_puts_a_rim_unit_near_8x_an_lstm_and_value_size_16_near_1x() -> None:
+    result = _script("input_term_scale.py", "--seeds", 2)
+    assert result.returncode == 0, result.stderr
+    ratios = {
+        line.split("|")[1].strip(): float(line.split("|")[3].strip().rstrip("x"))
+        for line in result.stdout.splitlines()
+        if line.startswith("| ") and line.strip().endswith("x |")
+    }
+    assert ratios["nn.LSTM(5, 256)"] == 1.0
+    assert ratios["RIM unit of 256, value size 1024"] > 5.0
+    assert 0.7 < ratios["RIM unit of 256, value size 16"] < 1.5
+
+
 def test_study_summary_groups_rows_by_task_then_policy(tmp_path, capsys) -> None:
     sys.path.insert(0, str(ROOT / "experiments"))
     from study_summary import report
