@@ -13,12 +13,12 @@ further east and looked back; started further east and never looked back.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 import numpy as np
 import torch
+from study_summary import model_label, write_json  # experiments/ is the script's folder, so on sys.path
 
 from envs.minigrid import make_minigrid
 from rim_agents.evaluation import load_agent
@@ -75,11 +75,9 @@ def main(argv: list[str] | None = None) -> int:
             + ("-" if result[g]["success"] is None else f"{result[g]['success']:.2f}")
             for g in GROUPS
         )
-        run = path.parent.parent if path.parent.name == "checkpoints" else path.parent
-        print(f"| {run.name}/{path.stem} | {cells} |")
+        print(f"| {model_label(path)} | {cells} |")
     if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(rows, indent=1) + "\n")
+        write_json(rows, args.json)
     return 0
 
 

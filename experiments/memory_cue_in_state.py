@@ -20,13 +20,13 @@ policy cannot use a cue its state no longer carries.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from study_summary import model_label, write_json  # experiments/ is the script's folder, so on sys.path
 
 from envs.minigrid import make_minigrid
 from rim_agents.evaluation import load_agent
@@ -105,8 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     for path in args.models:
         model, config = load_agent(path, device="cpu")
         env_kwargs = dict(config.hyperparams.get("env_kwargs") or {}) if config is not None else {}
-        run = path.parent.parent if path.parent.name == "checkpoints" else path.parent
-        agents.append((f"{run.name}/{path.stem}", model, env_kwargs))
+        agents.append((model_label(path), model, env_kwargs))
     overrides = parse_overrides(args.params)
     for policy in args.fresh:
         for seed in range(args.init_seeds):
@@ -118,8 +117,7 @@ def main(argv: list[str] | None = None) -> int:
         rows.append({"agent": name, "relative_distance": values})
         print(f"| {name} | " + " | ".join(f"{value:.3f}" for value in values) + " |", flush=True)
     if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(rows, indent=1) + "\n")
+        write_json(rows, args.json)
     return 0
 
 

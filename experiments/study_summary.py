@@ -2,7 +2,8 @@
 
 ``memory_summary.py`` (MiniGrid success) and ``returns_summary.py`` (POPGym and MinAtar
 returns) build one row per run; this groups the rows by training task and policy, prints the
-markdown table and writes the JSON.
+markdown table and writes the JSON. The other experiment scripts share its JSON writer and
+its label for a saved model.
 """
 
 from __future__ import annotations
@@ -13,6 +14,18 @@ from pathlib import Path
 from typing import Any
 
 from rim_agents.stats import t_half_width
+
+
+def write_json(data: Any, path: Path) -> None:
+    """Write ``data`` as indented JSON, creating the folder."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=1) + "\n")
+
+
+def model_label(path: Path) -> str:
+    """``{run name}/{file stem}`` for a model saved in a run directory or its ``checkpoints/``."""
+    run = path.parent.parent if path.parent.name == "checkpoints" else path.parent
+    return f"{run.name}/{path.stem}"
 
 
 def interval(values: list[float]) -> tuple[float, float]:
@@ -50,6 +63,5 @@ def report(
             print(f"| {env} | {policy} | {cells['seeds']} | {cells['steps']:,} | {values} |")
     print(f"({unit} over seeds ± half-width of the 95% t-interval; one seed: no interval)")
     if json_path is not None:
-        json_path.parent.mkdir(parents=True, exist_ok=True)
-        json_path.write_text(json.dumps({"rows": rows, "summary": summary}, indent=1) + "\n")
+        write_json({"rows": rows, "summary": summary}, json_path)
     return summary
