@@ -20,11 +20,14 @@ Cases (the RL sizes are the project YAML's MiniGrid RIM, 4 units x 32, k=2):
 
 Each case times the RIM on its default backend (``RIM``: the native op on CPU where it
 builds), on the PyTorch path (``RIM, torch``), and with the paper's linear communication
-read (``RIM, linear read``). Every variant runs once to warm up, then the variants are
-timed in turns (interleaved, so machine noise hits all alike) and the median of
-``--repeats`` runs is reported with the ratio to nn.LSTM. The last table compares the
-default RIM's ratios with the targets of the fused-operator issue. Ratios, not absolute
-times, are what carry across machines.
+read (``RIM, linear read``). On CUDA two more rows show what CUDA graphs save: the rollout
+cases add ``RIM, CUDA graphs`` (``RIM(cuda_graphs=True)``: no-grad calls replayed from a
+recorded graph), and the training cases add ``RIM, graphed fwd+bwd``, the whole forward and
+backward recorded with ``torch.cuda.make_graphed_callables`` (fixed shapes; not a RIM option).
+Every variant runs once to warm up, then the variants are timed in turns (interleaved, so
+machine noise hits all alike) and the median of ``--repeats`` runs is reported with the
+ratio to nn.LSTM. The last table compares the default RIM's ratios with the targets of the
+fused-operator issue. Ratios, not absolute times, are what carry across machines.
 """
 
 from __future__ import annotations
@@ -137,6 +140,19 @@ def rim(input_size: int, size: tuple[int, int, int], device: torch.device, backe
     )
 
 
+class _Output(nn.Module):
+    """``x -> output`` of a RIM over fixed episode starts: the one-tensor module that
+    ``torch.cuda.make_graphed_callables`` records (it finds the parameters through it)."""
+
+    def __init__(self, module: RIM, starts: torch.Tensor | None) -> None:
+        super().__init__()
+        self.module = module
+        self.starts = starts
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.module(x, episode_starts=self.starts)[0]
+
+
 def training_cases(
     size: tuple[int, int, int],
     lstm: nn.LSTM,
@@ -150,6 +166,10 @@ def training_cases(
     for name, backend, read in VARIANTS:
         module = rim(x.shape[-1], size, device, backend, comm_read=read)
         cases[name] = backward_case(lambda m=module: m(x, **kwargs)[0], list(module.parameters()))
+    if device.type == "cuda":
+        module = rim(x.shape[-1], size, device, "auto")
+        graphed = torch.cuda.make_graphed_callables(_Output(module, starts), (x,))
+        cases["RIM, graphed fwd+bwd"] = backward_case(lambda: graphed(x), list(module.parameters()))
     return cases
 
 
@@ -163,6 +183,9 @@ def rollout_cases(
     for name, backend, read in VARIANTS:
         module = rim(x.shape[-1], size, device, backend, comm_read=read).eval()
         cases[name] = inference_case(lambda m=module: m(x, state)[0], steps)
+    if device.type == "cuda":
+        module = rim(x.shape[-1], size, device, "auto", cuda_graphs=True).eval()
+        cases["RIM, CUDA graphs"] = inference_case(lambda: module(x, state)[0], steps)
     return cases
 
 

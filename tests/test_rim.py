@@ -298,6 +298,7 @@ BAD_ARGUMENTS = [
         {"input_attention": False, "top_k": 6, "backend": "native"},
         "backend='native' cannot run input_attention=False",
     ),
+    ({"cuda_graphs": 1}, "cuda_graphs must be True or False, got 1"),
 ]
 
 
@@ -400,3 +401,14 @@ def test_without_input_attention_auto_runs_the_pytorch_path(monkeypatch):
     assert output.shape == (4, 3, 8) and model.last_active.all()
     output.sum().backward()
     assert "input_attention=False" in repr(model)
+
+
+def test_cuda_graphs_on_the_cpu_runs_the_eager_call():
+    graphed, plain = small_rim(cuda_graphs=True), small_rim()
+    x = torch.randn(6, 3, 5)
+    with torch.no_grad():
+        out, (h_n, c_n) = graphed(x, episode_starts=make_starts(6, 3))
+        ref, (ref_h, ref_c) = plain(x, episode_starts=make_starts(6, 3))
+    assert len(graphed._graphs) == 0  # nothing recorded off CUDA
+    assert torch.equal(out, ref) and torch.equal(h_n, ref_h) and torch.equal(c_n, ref_c)
+    assert "cuda_graphs=True" in repr(graphed)

@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from rim_agents.nn import native
 from rim_agents.nn.attention import COMM_READS
 from rim_agents.nn.cell import GATES, DropoutMasks, PreparedInput, RIMCell, StepWeights
+from rim_agents.nn.graphs import CudaGraphs
 
 BACKENDS = ("auto", "native", "torch")
 
@@ -79,6 +80,10 @@ class RIM(nn.Module):
             PyTorch operations step by step (any device and dtype; the reference for the
             native op). ``"auto"`` (default): native where it can run, else torch; if the
             extension cannot be built it warns once and uses torch.
+        cuda_graphs: ``True`` replays no-grad calls on CUDA from recorded CUDA graphs
+            (:mod:`rim_agents.nn.graphs`), one per input shape: for rollouts, where a small
+            RIM step is launch-bound. Results equal the eager calls'. Calls with autograd,
+            on the CPU, or in training mode with attention dropout above 0 run eagerly.
 
     Inputs: input, hx, episode_starts
         - **input**: ``(L, N, D)``, or ``(L, D)`` for one unbatched sequence.
@@ -97,7 +102,7 @@ class RIM(nn.Module):
 
     Attributes:
         input_size, hidden_size, num_layers, num_units, unit_size, top_k, cell, comm_read,
-        input_attention, backend.
+        input_attention, backend, cuda_graphs.
         last_active: ``(L, num_layers, N, K)`` booleans, which units were active at each
             step of the last forward call (``(L, num_layers, K)`` unbatched), or None
             before the first call. Recorded during the pass, no extra computation.
@@ -136,6 +141,7 @@ class RIM(nn.Module):
         dropout: float = 0.0,
         batch_first: bool = False,
         backend: str = "auto",
+        cuda_graphs: bool = False,
     ) -> None:
         super().__init__()
         sizes = {
@@ -173,6 +179,8 @@ class RIM(nn.Module):
             raise ValueError(f"cell must be one of {sorted(GATES)}, got {cell!r}")
         if comm_read not in COMM_READS:
             raise ValueError(f"comm_read must be one of {list(COMM_READS)}, got {comm_read!r}")
+        if not isinstance(cuda_graphs, bool):
+            raise ValueError(f"cuda_graphs must be True or False, got {cuda_graphs!r}")
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {list(BACKENDS)}, got {backend!r}")
         if backend == "native" and (reason := native.unavailable_reason()) is not None:
@@ -196,6 +204,8 @@ class RIM(nn.Module):
         self.dropout = dropout
         self.batch_first = batch_first
         self.backend = backend
+        self.cuda_graphs = cuda_graphs
+        self._graphs = CudaGraphs()
         self.layers = nn.ModuleList(
             RIMCell(
                 input_size if layer == 0 else self.hidden_size,
@@ -225,7 +235,12 @@ class RIM(nn.Module):
             f"top_k={self.top_k}, num_layers={self.num_layers}, cell={self.cell!r}, "
             f"comm_read={self.comm_read!r}, backend={self.backend!r}"
             + ("" if self.input_attention else ", input_attention=False")
+            + (", cuda_graphs=True" if self.cuda_graphs else "")
         )
+
+    def _apply(self, fn, recurse=True):  # type: ignore[no-untyped-def]
+        self._graphs.clear()  # recorded against the old tensors
+        return super()._apply(fn, recurse)
 
     def forward(
         self,
@@ -271,13 +286,36 @@ class RIM(nn.Module):
                 raise ValueError(f"episode_starts must have shape (L, N)={(seq_len, batch)}, got {got}")
             keep = 1.0 - episode_starts.to(input.dtype)
 
-        output, h_n, c_n, active = self._run(input, hx, keep)
+        if self._replays_graph(input):
+            inputs = (input, hx[0], hx[1], keep)
+            output, h_n, c_n, active = self._graphs(self._run_fresh, inputs, list(self.parameters()))
+        else:
+            output, h_n, c_n, active = self._run(input, hx, keep)
         self.last_active = active.squeeze(2) if unbatched else active
         if unbatched:
             return output.squeeze(1), (h_n.squeeze(1), c_n.squeeze(1))
         if self.batch_first:
             output = output.transpose(0, 1)
         return output, (h_n, c_n)
+
+    def _replays_graph(self, x: Tensor) -> bool:
+        """Whether this call replays a CUDA graph (see ``cuda_graphs``)."""
+        if not (self.cuda_graphs and x.is_cuda) or torch.is_grad_enabled():
+            return False
+        if torch.cuda.is_current_stream_capturing():  # the caller records a graph of its own
+            return False
+        cell: RIMCell
+        for cell in self.layers:  # type: ignore[assignment]
+            comm = 0.0 if cell.communication is None else cell.communication.dropout
+            if self.training and max(cell.input_attention.dropout, comm, self.dropout) > 0:
+                return False
+        return True
+
+    def _run_fresh(
+        self, x: Tensor, h: Tensor, c: Tensor, keep: Tensor | None
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """:meth:`_run` reading the parameters themselves, for a recorded graph to replay."""
+        return self._run(x, (h, c), keep, cached_weights=False)
 
     def _uses_native(self, x: Tensor) -> bool:
         """Whether this call runs natively; ValueError for ``backend="native"`` where it cannot."""
@@ -291,10 +329,13 @@ class RIM(nn.Module):
         return reason is None and native.load() is not None
 
     def _run(
-        self, x: Tensor, hx: tuple[Tensor, Tensor], keep: Tensor | None
+        self, x: Tensor, hx: tuple[Tensor, Tensor], keep: Tensor | None, cached_weights: bool = True
     ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """Layers by time. ``x (L, N, D)``, ``hx`` each ``(num_layers, N, K*H)``,
-        ``keep (L, N)`` or None -> output, h_n, c_n, active ``(L, layers, N, K)``."""
+        ``keep (L, N)`` or None -> output, h_n, c_n, active ``(L, layers, N, K)``.
+
+        ``cached_weights=False`` builds the per-call weight layouts from the parameters
+        even without autograd (a recorded graph must read the parameters, not a cache)."""
         run_layer = _native_layer if self._uses_native(x) else _torch_layer
         seq_len, batch = x.shape[:2]
         h_out, c_out, masks = [], [], []
@@ -309,7 +350,7 @@ class RIM(nn.Module):
             c = hx[1][index].view(batch, self.num_units, self.unit_size).transpose(0, 1)
             if self.cell == "gru":
                 c = torch.zeros_like(h)
-            if torch.is_grad_enabled():
+            if torch.is_grad_enabled() or not cached_weights:
                 prepared, weights = layer.prepare(x), layer.step_weights()
             else:  # rollouts: the same weights step after step
                 composed, weights = layer.inference_weights()
