@@ -14,6 +14,7 @@ Observation modes (``observation=``):
 a 3x3 view is given channels-first, (3, 3, 3) with the codes first, so that SB3 and
 ``MiniGridCNN`` cannot mistake its layout). ``actions=n`` keeps MiniGrid's first n actions
 (left, right, forward, pickup, drop, toggle, done): ``actions=3`` is all a Memory task needs.
+``start_at_cue=True`` (Memory tasks only) starts every episode with the cue in view.
 
 Success in MiniGrid is a positive reward at the end of an episode (the environment pays
 ``1 - 0.9 * step_count / max_steps`` for reaching the goal and 0 otherwise); the factory
@@ -29,6 +30,7 @@ import gymnasium as gym
 import minigrid  # noqa: F401  (importing registers the MiniGrid-* ids with gymnasium)
 import numpy as np
 from gymnasium import spaces
+from minigrid.envs.memory import MemoryEnv
 from minigrid.wrappers import (
     FullyObsWrapper,
     ImgObsWrapper,
@@ -97,6 +99,38 @@ class FirstActions(gym.ActionWrapper):
         return action
 
 
+class StartAtCue(gym.Wrapper):
+    """MiniGrid-Memory with the agent always starting beside the cue, at the start room's west end.
+
+    ``MemoryEnv`` starts the agent facing east at a random x from 1 to the hallway's end, and
+    the cue sits at ``(1, height // 2 - 1)``, north of x=1. So at a narrow view the cue is in
+    view at the first step only in the episodes that start at x=1 (a quarter of them in
+    MemoryS7), and in the others the agent must turn back to see it. This wrapper moves the
+    start to ``(1, height // 2)``, facing east, after the environment has drawn its level: the
+    cue, the candidates and their order are the environment's own, and the first observation
+    is rendered again from the new position. Every episode then tests holding the cue, not
+    finding it; the cue is still out of view at the fork, so a memoryless policy stays at 0.5.
+
+    :param env: a MiniGrid Memory environment (``MemoryEnv``)
+    """
+
+    def __init__(self, env: gym.Env) -> None:
+        if not isinstance(env.unwrapped, MemoryEnv):
+            raise ValueError(
+                f"start_at_cue=True needs a MiniGrid-Memory task (MemoryEnv), got "
+                f"{type(env.unwrapped).__name__}; drop start_at_cue for other tasks"
+            )
+        super().__init__(env)
+
+    def reset(self, **kwargs: Any) -> tuple[Any, dict[str, Any]]:
+        _, info = self.env.reset(**kwargs)
+        base = self.env.unwrapped
+        assert isinstance(base, MemoryEnv)
+        base.agent_pos = (1, base.height // 2)
+        base.agent_dir = 0
+        return base.gen_obs(), info
+
+
 def env_ids() -> list[str]:
     """All MiniGrid ids registered with gymnasium, sorted."""
     return sorted(env_id for env_id in gym.registry if owns(env_id))
@@ -128,6 +162,7 @@ def make_minigrid(
     max_steps: int | None = None,
     view_size: int | None = None,
     actions: int | None = None,
+    start_at_cue: bool = False,
 ) -> gym.Env:
     """Build one wrapped MiniGrid environment (Monitor outermost, so episode statistics are raw returns).
 
@@ -144,6 +179,8 @@ def make_minigrid(
         of the room, so a memory task needs more memory
     :param actions: keep only MiniGrid's first ``actions`` actions (3: turn left, turn right,
         forward, all a Memory task needs); None keeps all 7
+    :param start_at_cue: Memory tasks only: start every episode at the start room's west end
+        with the cue in view (:class:`StartAtCue`)
     :return: the environment; its observation space is a (H, W, 3) ``uint8`` Box
     """
     check_env_id(env_id)
@@ -176,6 +213,10 @@ def make_minigrid(
                 f"{env_id}: left, right, forward, pickup, drop, toggle, done); 3 keeps the navigation actions"
             )
         env = FirstActions(env, actions)
+    if not isinstance(start_at_cue, bool):
+        raise ValueError(f"start_at_cue={start_at_cue!r} must be True or False")
+    if start_at_cue:
+        env = StartAtCue(env)
     if observation == "rgb":
         env = (
             RGBImgObsWrapper(env, tile_size) if fully_observable else RGBImgPartialObsWrapper(env, tile_size)

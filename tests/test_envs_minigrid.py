@@ -150,3 +150,43 @@ def test_actions_keeps_the_first_actions_with_their_meaning():
 def test_actions_out_of_range_is_named(actions):
     with pytest.raises(ValueError, match=rf"actions={actions!r} must be an integer from 1 to 7"):
         make_minigrid("MiniGrid-MemoryS7-v0", actions=actions)
+
+
+def _walk_to_the_fork_and_choose(env, cue: int) -> bool:
+    """A scripted agent with memory: it walks east to the fork, looks north and takes the
+    candidate matching ``cue`` (MiniGrid codes: 5 key, 6 ball). True on success."""
+    left, forward = 0, 2
+    base = env.unwrapped
+    while base.agent_pos[0] < base.success_pos[0]:
+        env.step(forward)
+    obs, *_ = env.step(left)  # facing north: the north candidate is 2 cells ahead
+    north = int(obs[0][1, 0])  # channels-first codes, view cell (middle, far)
+    if north != cue:
+        env.step(left)
+        env.step(left)
+    *_, terminated, _, info = env.step(forward)
+    assert terminated
+    return bool(info["is_success"])
+
+
+@pytest.mark.parametrize("env_id", ["MiniGrid-MemoryS7-v0", "MiniGrid-MemoryS11-v0"])
+def test_start_at_cue_shows_the_cue_at_the_first_step_of_the_same_level(env_id):
+    for seed in range(8):
+        env = make_minigrid(env_id, seed=seed, view_size=3, actions=3, start_at_cue=True)
+        plain = make_minigrid(env_id, seed=seed, view_size=3, actions=3)
+        obs, _ = env.reset(seed=seed)
+        plain.reset(seed=seed)
+        base = env.unwrapped
+        assert tuple(base.agent_pos) == (1, base.height // 2) and base.agent_dir == 0
+        np.testing.assert_array_equal(base.grid.encode(), plain.unwrapped.grid.encode())
+        assert base.success_pos == plain.unwrapped.success_pos
+        cue = int(base.grid.get(1, base.height // 2 - 1).encode()[0])
+        assert cue in (5, 6) and obs[0][0, 2] == cue  # the cue is the cell on the agent's left
+        assert _walk_to_the_fork_and_choose(env, cue)
+
+
+def test_start_at_cue_refuses_tasks_without_a_cue_and_non_booleans():
+    with pytest.raises(ValueError, match="start_at_cue=True needs a MiniGrid-Memory task"):
+        make_minigrid("MiniGrid-DoorKey-5x5-v0", start_at_cue=True)
+    with pytest.raises(ValueError, match="start_at_cue='yes' must be True or False"):
+        make_minigrid("MiniGrid-MemoryS7-v0", start_at_cue="yes")
