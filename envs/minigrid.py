@@ -14,7 +14,8 @@ Observation modes (``observation=``):
 a 3x3 view is given channels-first, (3, 3, 3) with the codes first, so that SB3 and
 ``MiniGridCNN`` cannot mistake its layout). ``actions=n`` keeps MiniGrid's first n actions
 (left, right, forward, pickup, drop, toggle, done): ``actions=3`` is all a Memory task needs.
-``start_at_cue=True`` (Memory tasks only) starts every episode with the cue in view.
+``start_at_cue=True`` (Memory tasks only) starts every episode with the cue in view;
+``fixed_candidates=True`` (Memory tasks only) always puts the key north and the ball south.
 
 Success in MiniGrid is a positive reward at the end of an episode (the environment pays
 ``1 - 0.9 * step_count / max_steps`` for reaching the goal and 0 otherwise); the factory
@@ -30,6 +31,7 @@ import gymnasium as gym
 import minigrid  # noqa: F401  (importing registers the MiniGrid-* ids with gymnasium)
 import numpy as np
 from gymnasium import spaces
+from minigrid.core.world_object import Ball, Key
 from minigrid.envs.memory import MemoryEnv
 from minigrid.wrappers import (
     FullyObsWrapper,
@@ -115,11 +117,7 @@ class StartAtCue(gym.Wrapper):
     """
 
     def __init__(self, env: gym.Env) -> None:
-        if not isinstance(env.unwrapped, MemoryEnv):
-            raise ValueError(
-                f"start_at_cue=True needs a MiniGrid-Memory task (MemoryEnv), got "
-                f"{type(env.unwrapped).__name__}; drop start_at_cue for other tasks"
-            )
+        _check_memory_task(env, "start_at_cue")
         super().__init__(env)
 
     def reset(self, **kwargs: Any) -> tuple[Any, dict[str, Any]]:
@@ -129,6 +127,45 @@ class StartAtCue(gym.Wrapper):
         base.agent_pos = (1, base.height // 2)
         base.agent_dir = 0
         return base.gen_obs(), info
+
+
+class FixedCandidates(gym.Wrapper):
+    """MiniGrid-Memory with the candidates in one order: the key north of the fork, the ball south.
+
+    ``MemoryEnv`` draws the candidates' order, so the way to go is a comparison: the
+    remembered cue against the candidate in view (an XOR of two bits; neither alone says
+    anything about it). With the order fixed, the cue alone says it: north after a key, south
+    after a ball. That is the T-maze of recurrent RL (Bakker, "Reinforcement learning with
+    long short-term memory", NIPS 2001): the same memory over the same hallway, without the
+    comparison. The cue and the start are the environment's own draws; the success and
+    failure cells follow the cue. The first observation is rendered again.
+
+    :param env: a MiniGrid Memory environment (``MemoryEnv``)
+    """
+
+    def __init__(self, env: gym.Env) -> None:
+        _check_memory_task(env, "fixed_candidates")
+        super().__init__(env)
+
+    def reset(self, **kwargs: Any) -> tuple[Any, dict[str, Any]]:
+        _, info = self.env.reset(**kwargs)
+        base = self.env.unwrapped
+        assert isinstance(base, MemoryEnv)
+        x, middle = base.success_pos[0], base.height // 2
+        base.grid.set(x, middle - 2, Key("green"))
+        base.grid.set(x, middle + 2, Ball("green"))
+        north, south = (x, middle - 1), (x, middle + 1)
+        cue_is_key = isinstance(base.grid.get(1, middle - 1), Key)
+        base.success_pos, base.failure_pos = (north, south) if cue_is_key else (south, north)
+        return base.gen_obs(), info
+
+
+def _check_memory_task(env: gym.Env, option: str) -> None:
+    if not isinstance(env.unwrapped, MemoryEnv):
+        raise ValueError(
+            f"{option}=True needs a MiniGrid-Memory task (MemoryEnv), got "
+            f"{type(env.unwrapped).__name__}; drop {option} for other tasks"
+        )
 
 
 def env_ids() -> list[str]:
@@ -163,6 +200,7 @@ def make_minigrid(
     view_size: int | None = None,
     actions: int | None = None,
     start_at_cue: bool = False,
+    fixed_candidates: bool = False,
 ) -> gym.Env:
     """Build one wrapped MiniGrid environment (Monitor outermost, so episode statistics are raw returns).
 
@@ -181,6 +219,8 @@ def make_minigrid(
         forward, all a Memory task needs); None keeps all 7
     :param start_at_cue: Memory tasks only: start every episode at the start room's west end
         with the cue in view (:class:`StartAtCue`)
+    :param fixed_candidates: Memory tasks only: the key always north, the ball south, so that
+        the cue alone says which way to go (a T-maze; :class:`FixedCandidates`)
     :return: the environment; its observation space is a (H, W, 3) ``uint8`` Box
     """
     check_env_id(env_id)
@@ -213,8 +253,11 @@ def make_minigrid(
                 f"{env_id}: left, right, forward, pickup, drop, toggle, done); 3 keeps the navigation actions"
             )
         env = FirstActions(env, actions)
-    if not isinstance(start_at_cue, bool):
-        raise ValueError(f"start_at_cue={start_at_cue!r} must be True or False")
+    for name, value in (("start_at_cue", start_at_cue), ("fixed_candidates", fixed_candidates)):
+        if not isinstance(value, bool):
+            raise ValueError(f"{name}={value!r} must be True or False")
+    if fixed_candidates:
+        env = FixedCandidates(env)
     if start_at_cue:
         env = StartAtCue(env)
     if observation == "rgb":

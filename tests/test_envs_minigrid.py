@@ -3,6 +3,7 @@
 import gymnasium as gym
 import numpy as np
 import pytest
+from minigrid.core.world_object import Ball, Key
 from minigrid.wrappers import ImgObsWrapper, ViewSizeWrapper
 
 from envs import env_family, make_env
@@ -185,8 +186,28 @@ def test_start_at_cue_shows_the_cue_at_the_first_step_of_the_same_level(env_id):
         assert _walk_to_the_fork_and_choose(env, cue)
 
 
-def test_start_at_cue_refuses_tasks_without_a_cue_and_non_booleans():
-    with pytest.raises(ValueError, match="start_at_cue=True needs a MiniGrid-Memory task"):
-        make_minigrid("MiniGrid-DoorKey-5x5-v0", start_at_cue=True)
-    with pytest.raises(ValueError, match="start_at_cue='yes' must be True or False"):
-        make_minigrid("MiniGrid-MemoryS7-v0", start_at_cue="yes")
+@pytest.mark.parametrize("option", ["start_at_cue", "fixed_candidates"])
+def test_memory_options_refuse_tasks_without_a_cue_and_non_booleans(option):
+    with pytest.raises(ValueError, match=f"{option}=True needs a MiniGrid-Memory task"):
+        make_minigrid("MiniGrid-DoorKey-5x5-v0", **{option: True})
+    with pytest.raises(ValueError, match=f"{option}='yes' must be True or False"):
+        make_minigrid("MiniGrid-MemoryS7-v0", **{option: "yes"})
+
+
+@pytest.mark.parametrize("env_id", ["MiniGrid-MemoryS7-v0", "MiniGrid-MemoryS13Random-v0"])
+def test_fixed_candidates_make_the_cue_alone_say_the_way(env_id):
+    cues, north_wins = set(), []
+    for seed in range(12):
+        options = {"view_size": 3, "actions": 3, "fixed_candidates": True, "start_at_cue": True}
+        env = make_minigrid(env_id, seed=seed, **options)
+        env.reset(seed=seed)
+        base = env.unwrapped
+        middle, x = base.height // 2, base.success_pos[0]
+        assert isinstance(base.grid.get(x, middle - 2), Key)
+        assert isinstance(base.grid.get(x, middle + 2), Ball)
+        cue = int(base.grid.get(1, middle - 1).encode()[0])
+        cues.add(cue)
+        north_wins.append(base.success_pos == (x, middle - 1))
+        assert north_wins[-1] == (cue == 5)  # north after a key, south after a ball
+        assert _walk_to_the_fork_and_choose(env, cue)  # the matching candidate is still the goal
+    assert cues == {5, 6}  # the cue is still drawn

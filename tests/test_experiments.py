@@ -175,6 +175,38 @@ def test_memory_cue_in_state_measures_the_cue_from_sight_to_the_fork(tmp_path) -
         assert row["relative_distance"][0] > 0.0  # the cue in view moves the state
 
 
+def test_memory_cloning_imitates_the_scripted_agent_and_reports_its_decisions(tmp_path) -> None:
+    out = tmp_path / "cloning.json"
+    result = _script(
+        "memory_cloning.py", "--policies", "rim", "ppo", "--targets", "match", "cue", "--seeds", 0,
+        "--updates", 4, "--eval-every", 2, "--train-episodes", 30, "--episodes", 20, "--lanes", 2,
+        "-params", "env_kwargs:{'view_size': 3, 'actions': 3, 'start_at_cue': True}", "--json", out,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    rows = json.loads(out.read_text())["rows"]
+    assert [(row["target"], row["policy"]) for row in rows] == [
+        ("match", "rim"), ("match", "ppo"), ("cue", "rim"), ("cue", "ppo"),
+    ]  # fmt: skip
+    for row in rows:
+        assert [update for update, _ in row["decision_accuracy"]] == [2, 4]
+        assert all(0.0 <= accuracy <= 1.0 for _, accuracy in row["decision_accuracy"])
+        assert row["log_likelihood"] < 0.0
+        assert ("success_sampled" in row) == (row["target"] == "match")
+
+
+def test_the_scripted_agent_decides_after_facing_north_and_always_wins_the_match() -> None:
+    sys.path.insert(0, str(ROOT / "experiments"))
+    from memory_cloning import FORWARD, LEFT, expert_episode
+
+    from envs.minigrid import make_minigrid
+
+    env = make_minigrid("MiniGrid-MemoryS7-v0", view_size=3, actions=3, start_at_cue=True)
+    for seed in range(6):  # expert_episode asserts the success itself
+        (observations, actions), decision = expert_episode(env, seed, "match")
+        assert actions[:decision] == [FORWARD] * 4 + [LEFT]  # from x=1 to the fork at x=5, then north
+        assert actions[decision] in (FORWARD, LEFT) and len(observations) == len(actions)
+
+
 def test_input_term_scale_puts_a_rim_unit_near_8x_an_lstm_and_value_size_16_near_1x() -> None:
     result = _script("input_term_scale.py", "--seeds", 2)
     assert result.returncode == 0, result.stderr
