@@ -1,7 +1,7 @@
 """The main job: a RIM agent on a memory task, beside the memoryless control and a random policy.
 
     python scripts/main.py                  # POPGym RepeatFirstEasy, test RepeatFirstMedium
-    python scripts/main.py --env MiniGrid-MemoryS7-v0   # 3x3 view, test MemoryS11
+    python scripts/main.py --env MiniGrid-MemoryS7-v0   # the T-maze at a 3x3 view, test MemoryS11
     python scripts/main.py -n 100000 --control-steps 100000 --episodes 50
 
 1. Trains the RIM agent (RecurrentPPO with a RIM, the YAML's block for the task) for ``-n``
@@ -18,8 +18,13 @@ the episode; the observation is the card just dealt and a first-step flag, witho
 previous action (``env_kwargs.previous_action:False``: with it, a memoryless policy could
 repeat its own last answer instead of remembering). A memoryless policy is at chance there,
 an expected return of -0.5; the test task deals 8 decks instead of 1, so the cue is held for
-415 steps instead of 51 (docs/results.md). For MiniGrid-Memory the job narrows the view to
-3x3, so the cue is out of sight at the fork, and tests on MemoryS11's longer hallway.
+415 steps instead of 51 (docs/results.md). For MiniGrid-Memory the job trains the T-maze:
+a 3x3 view (the cue is out of sight at the fork), every episode starting beside the cue,
+the key always north and the ball south (``start_at_cue``, ``fixed_candidates``: the cue
+alone says which way to go), one-hot cell codes and the 3 navigation actions; it tests on
+MemoryS11's longer hallway with the same options. MiniGrid-Memory's own task, where the cue
+must also be compared with the candidate in view, is not learned by any policy here, even
+by imitation (docs/results.md, steps 1-8).
 
 Writes ``main_result.json`` and ``unit_activity.png`` in the RIM's run directory.
 """
@@ -49,11 +54,22 @@ class Task(NamedTuple):
     test_env: str | None  # default test task for the family's default training task
 
 
-# POPGym: no previous action (see the docstring). MiniGrid: at a 3x3 view the cue is out of
-# sight at the fork, so only memory tells which way to turn (docs/results.md).
+# POPGym: no previous action (see the docstring). MiniGrid: the T-maze of the docstring; at
+# a 3x3 view the cue is out of sight at the fork, so only memory tells which way to turn
+# (docs/results.md, step 9).
 TASKS = {
     "popgym": Task(["env_kwargs.previous_action:False"], 300_000, None),
-    "minigrid": Task(["env_kwargs.view_size:3"], 1_000_000, "MiniGrid-MemoryS11-v0"),
+    "minigrid": Task(
+        [
+            "env_kwargs.view_size:3",
+            "env_kwargs.actions:3",
+            "env_kwargs.start_at_cue:True",
+            "env_kwargs.fixed_candidates:True",
+            "policy_kwargs.features_extractor_kwargs.one_hot:True",
+        ],
+        300_000,
+        "MiniGrid-MemoryS11-v0",
+    ),
 }
 
 
@@ -114,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
         "--n-timesteps",
         type=int,
         default=None,
-        help="RIM training steps (default: POPGym 300k, MiniGrid 1M)",
+        help="RIM training steps (default: 300k)",
     )
     parser.add_argument(
         "--control-steps", type=int, default=300_000, help="training steps of the memoryless control"

@@ -46,15 +46,17 @@ def test_main_job_trains_rim_and_control_on_repeat_first_then_evaluates_the_long
     assert next(tmp_path.glob("*__rim__0__*/unit_activity.png")).stat().st_size > 0
 
 
-def test_main_job_on_minigrid_memory_uses_a_3x3_view_and_tests_memory_s11(tmp_path: Path) -> None:
-    result = _main(tmp_path, "--env", "MiniGrid-MemoryS7-v0", "-n", "1024", "-params", "env_kwargs.actions:3")
+def test_main_job_on_minigrid_memory_trains_the_t_maze_and_tests_memory_s11(tmp_path: Path) -> None:
+    result = _main(
+        tmp_path, "--env", "MiniGrid-MemoryS7-v0", "-n", "1024", "-params", "env_kwargs.start_at_cue:False"
+    )
     assert result.returncode == 0, result.stderr
     summary = json.loads(next(tmp_path.glob("*__rim__0__*/main_result.json")).read_text())
     assert set(summary["results"]) == {"MiniGrid-MemoryS7-v0", "MiniGrid-MemoryS11-v0"}
     for by_policy in summary["results"].values():
         assert all(0.0 <= result["success_rate"] <= 1.0 for result in by_policy.values())
-    # The task's view and the user's override both apply.
-    assert "view_size=3, actions=3" in result.stdout
+    # The task's options and the user's override both apply.
+    assert "view_size=3, actions=3, start_at_cue=False, fixed_candidates=True" in result.stdout
     assert "| MiniGrid-MemoryS11-v0 | memoryless PPO |" in result.stdout
 
 
