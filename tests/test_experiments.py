@@ -175,6 +175,23 @@ def test_memory_cue_in_state_measures_the_cue_from_sight_to_the_fork(tmp_path) -
         assert row["relative_distance"][0] > 0.0  # the cue in view moves the state
 
 
+def test_memory_unit_hold_reports_the_cue_units_and_their_later_activity(tmp_path) -> None:
+    options = "env_kwargs:{'view_size': 3, 'actions': 3, 'start_at_cue': True, 'fixed_candidates': True}"
+    overrides = parse_overrides([options, "n_steps:64", "batch_size:128"])
+    config = make_config(
+        "MiniGrid-MemoryS7-v0", policy="rim", n_timesteps=128, n_envs=2, log_folder=str(tmp_path),
+        eval_freq=0, progress_bar=False, overrides=overrides,
+    )  # fmt: skip
+    model = train(config) / "final_model.zip"
+    out = tmp_path / "hold.json"
+    result = _script("memory_unit_hold.py", model, "--episodes", 3, "--json", out)
+    assert result.returncode == 0, result.stderr
+    (row,) = json.loads(out.read_text())
+    # Every episode starts from a zero state, where all units tie: the tie rule picks units 0 and 1.
+    assert row["units_active_at_the_cue"] == {"0,1": 3}
+    assert row["later_steps"] > 0 and 0.0 <= row["share_of_later_steps_with_a_cue_unit_active"] <= 1.0
+
+
 def test_memory_cloning_imitates_the_scripted_agent_and_reports_its_decisions(tmp_path) -> None:
     out = tmp_path / "cloning.json"
     result = _script(
