@@ -101,7 +101,38 @@ class FirstActions(gym.ActionWrapper):
         return action
 
 
-class StartAtCue(gym.Wrapper):
+class MemoryLevelEdit(gym.Wrapper):
+    """A change to each level a MiniGrid-Memory task draws, made after its ``reset``.
+
+    Subclasses name their ``make_minigrid`` option and :meth:`edit` the level; the first
+    observation is rendered again from the edited level.
+
+    :param env: a MiniGrid Memory environment (``MemoryEnv``)
+    """
+
+    option = ""
+
+    def __init__(self, env: gym.Env) -> None:
+        if not isinstance(env.unwrapped, MemoryEnv):
+            raise ValueError(
+                f"{self.option}=True needs a MiniGrid-Memory task (MemoryEnv), got "
+                f"{type(env.unwrapped).__name__}; drop {self.option} for other tasks"
+            )
+        super().__init__(env)
+
+    def reset(self, **kwargs: Any) -> tuple[Any, dict[str, Any]]:
+        _, info = self.env.reset(**kwargs)
+        base = self.env.unwrapped
+        assert isinstance(base, MemoryEnv)
+        self.edit(base)
+        return base.gen_obs(), info
+
+    def edit(self, base: MemoryEnv) -> None:
+        """Change the level ``base`` has just drawn, in place."""
+        raise NotImplementedError
+
+
+class StartAtCue(MemoryLevelEdit):
     """MiniGrid-Memory with the agent always starting beside the cue, at the start room's west end.
 
     ``MemoryEnv`` starts the agent facing east at a random x from 1 to the hallway's end, and
@@ -116,20 +147,14 @@ class StartAtCue(gym.Wrapper):
     :param env: a MiniGrid Memory environment (``MemoryEnv``)
     """
 
-    def __init__(self, env: gym.Env) -> None:
-        _check_memory_task(env, "start_at_cue")
-        super().__init__(env)
+    option = "start_at_cue"
 
-    def reset(self, **kwargs: Any) -> tuple[Any, dict[str, Any]]:
-        _, info = self.env.reset(**kwargs)
-        base = self.env.unwrapped
-        assert isinstance(base, MemoryEnv)
+    def edit(self, base: MemoryEnv) -> None:
         base.agent_pos = (1, base.height // 2)
         base.agent_dir = 0
-        return base.gen_obs(), info
 
 
-class FixedCandidates(gym.Wrapper):
+class FixedCandidates(MemoryLevelEdit):
     """MiniGrid-Memory with the candidates in one order: the key north of the fork, the ball south.
 
     ``MemoryEnv`` draws the candidates' order, so the way to go is a comparison: the
@@ -143,29 +168,15 @@ class FixedCandidates(gym.Wrapper):
     :param env: a MiniGrid Memory environment (``MemoryEnv``)
     """
 
-    def __init__(self, env: gym.Env) -> None:
-        _check_memory_task(env, "fixed_candidates")
-        super().__init__(env)
+    option = "fixed_candidates"
 
-    def reset(self, **kwargs: Any) -> tuple[Any, dict[str, Any]]:
-        _, info = self.env.reset(**kwargs)
-        base = self.env.unwrapped
-        assert isinstance(base, MemoryEnv)
+    def edit(self, base: MemoryEnv) -> None:
         x, middle = base.success_pos[0], base.height // 2
         base.grid.set(x, middle - 2, Key("green"))
         base.grid.set(x, middle + 2, Ball("green"))
         north, south = (x, middle - 1), (x, middle + 1)
         cue_is_key = isinstance(base.grid.get(1, middle - 1), Key)
         base.success_pos, base.failure_pos = (north, south) if cue_is_key else (south, north)
-        return base.gen_obs(), info
-
-
-def _check_memory_task(env: gym.Env, option: str) -> None:
-    if not isinstance(env.unwrapped, MemoryEnv):
-        raise ValueError(
-            f"{option}=True needs a MiniGrid-Memory task (MemoryEnv), got "
-            f"{type(env.unwrapped).__name__}; drop {option} for other tasks"
-        )
 
 
 def env_ids() -> list[str]:

@@ -41,10 +41,10 @@ from typing import Any
 import numpy as np
 import torch
 from sb3_contrib.common.recurrent.type_aliases import RNNStates
-from study_summary import write_json  # experiments/ is the script's folder, so on sys.path
+from study_summary import fresh_minigrid_agent, write_json  # experiments/ is the script's folder
 
 from envs.minigrid import make_minigrid
-from rim_agents.training import build_algorithm_kwargs, make_config, parse_overrides
+from rim_agents.training import parse_overrides
 
 LEFT, FORWARD = 0, 2
 TRAIN_LEVELS = 100_000
@@ -187,10 +187,8 @@ def main(argv: list[str] | None = None) -> int:
         for policy in args.policies:
             for seed in args.seeds:
                 start = time.perf_counter()
-                config = make_config(args.env, policy=policy, seed=seed, overrides=overrides, n_envs=1)
-                env = make_minigrid(args.env, **dict(config.hyperparams.get("env_kwargs") or {}))
-                algorithm, name, kwargs = build_algorithm_kwargs(config)
-                model = algorithm(name, env, seed=seed, device="cpu", **kwargs)
+                model, env_kwargs = fresh_minigrid_agent(policy, args.env, seed, overrides)
+                env = make_minigrid(args.env, **env_kwargs)
                 train = [expert_episode(env, TRAIN_LEVELS + i, target)[0] for i in range(args.train_episodes)]
                 tests = [expert_episode(env, level, target) for level in range(args.episodes)]
                 fit, curve = clone(model, train, tests, args, seed)

@@ -26,11 +26,15 @@ from typing import Any
 
 import numpy as np
 import torch
-from study_summary import model_label, write_json  # experiments/ is the script's folder, so on sys.path
+from study_summary import (  # experiments/ is the script's folder, so on sys.path
+    fresh_minigrid_agent,
+    model_label,
+    write_json,
+)
 
 from envs.minigrid import make_minigrid
 from rim_agents.evaluation import load_agent
-from rim_agents.training import build_algorithm_kwargs, make_config, parse_overrides
+from rim_agents.training import parse_overrides
 
 FORWARD = 2  # MiniGrid's "move forward"
 
@@ -80,13 +84,6 @@ def cue_in_state(model: Any, env: Any, first_seed: int = 0) -> list[float]:
     return (np.linalg.norm(key - ball, axis=1) / np.maximum(scale, 1e-12)).tolist()
 
 
-def _fresh(policy: str, env_id: str, seed: int, overrides: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
-    config = make_config(env_id, policy=policy, seed=seed, overrides=overrides, n_envs=1)
-    env_kwargs = dict(config.hyperparams.get("env_kwargs") or {})
-    algorithm, name, kwargs = build_algorithm_kwargs(config)
-    return algorithm(name, make_minigrid(env_id, **env_kwargs), seed=seed, device="cpu", **kwargs), env_kwargs
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -109,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     overrides = parse_overrides(args.params)
     for policy in args.fresh:
         for seed in range(args.init_seeds):
-            model, env_kwargs = _fresh(policy, args.env, seed, overrides)
+            model, env_kwargs = fresh_minigrid_agent(policy, args.env, seed, overrides)
             agents.append((f"fresh {policy}, init seed {seed}", model, env_kwargs))
     rows = []
     for name, model, env_kwargs in agents:

@@ -2,8 +2,8 @@
 
 ``memory_summary.py`` (MiniGrid success) and ``returns_summary.py`` (POPGym and MinAtar
 returns) build one row per run; this groups the rows by training task and policy, prints the
-markdown table and writes the JSON. The other experiment scripts share its JSON writer and
-its label for a saved model.
+markdown table and writes the JSON. The other experiment scripts share its JSON writer, its
+label for a saved model and its builder of an untrained MiniGrid agent.
 """
 
 from __future__ import annotations
@@ -13,7 +13,9 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+from envs.minigrid import make_minigrid
 from rim_agents.stats import t_half_width
+from rim_agents.training import build_algorithm_kwargs, make_config
 
 
 def write_json(data: Any, path: Path) -> None:
@@ -26,6 +28,16 @@ def model_label(path: Path) -> str:
     """``{run name}/{file stem}`` for a model saved in a run directory or its ``checkpoints/``."""
     run = path.parent.parent if path.parent.name == "checkpoints" else path.parent
     return f"{run.name}/{path.stem}"
+
+
+def fresh_minigrid_agent(
+    policy: str, env_id: str, seed: int, overrides: dict[str, Any]
+) -> tuple[Any, dict[str, Any]]:
+    """An untrained agent as the training core builds it (one env, CPU), and its ``env_kwargs``."""
+    config = make_config(env_id, policy=policy, seed=seed, overrides=overrides, n_envs=1)
+    env_kwargs = dict(config.hyperparams.get("env_kwargs") or {})
+    algorithm, name, kwargs = build_algorithm_kwargs(config)
+    return algorithm(name, make_minigrid(env_id, **env_kwargs), seed=seed, device="cpu", **kwargs), env_kwargs
 
 
 def interval(values: list[float]) -> tuple[float, float]:

@@ -131,18 +131,18 @@ def test_memory_summary_reports_training_and_test_success_per_task_and_policy(
     assert "| MiniGrid-MemoryS7-v0 | rim | 1 | 256 |" in result.stdout
 
 
-def test_memory_by_start_splits_episodes_by_where_the_cue_was_seen(tmp_path) -> None:
-    overrides = parse_overrides(["env_kwargs:{'view_size': 3, 'actions': 3}", "n_steps:64", "batch_size:128"])
+def _tiny_memory_model(folder: Path, policy: str, env_kwargs: str) -> Path:
+    """A MemoryS7 agent trained for 128 steps (2 envs), for the scripts that read saved models."""
+    overrides = parse_overrides([f"env_kwargs:{env_kwargs}", "n_steps:64", "batch_size:128"])
     config = make_config(
-        "MiniGrid-MemoryS7-v0",
-        n_timesteps=128,
-        n_envs=2,
-        log_folder=str(tmp_path),
-        eval_freq=0,
-        progress_bar=False,
-        overrides=overrides,
-    )
-    model = train(config) / "final_model.zip"
+        "MiniGrid-MemoryS7-v0", policy=policy, n_timesteps=128, n_envs=2, log_folder=str(folder),
+        eval_freq=0, progress_bar=False, overrides=overrides,
+    )  # fmt: skip
+    return train(config) / "final_model.zip"
+
+
+def test_memory_by_start_splits_episodes_by_where_the_cue_was_seen(tmp_path) -> None:
+    model = _tiny_memory_model(tmp_path, "rim", "{'view_size': 3, 'actions': 3}")
     out = tmp_path / "by_start.json"
     result = _script("memory_by_start.py", model, "--episodes", 6, "--json", out)
     assert result.returncode == 0, result.stderr
@@ -154,12 +154,7 @@ def test_memory_by_start_splits_episodes_by_where_the_cue_was_seen(tmp_path) -> 
 
 
 def test_memory_cue_in_state_measures_the_cue_from_sight_to_the_fork(tmp_path) -> None:
-    overrides = parse_overrides(["env_kwargs:{'view_size': 3, 'actions': 3}", "n_steps:64", "batch_size:128"])
-    config = make_config(
-        "MiniGrid-MemoryS7-v0", policy="lstm", n_timesteps=128, n_envs=2, log_folder=str(tmp_path),
-        eval_freq=0, progress_bar=False, overrides=overrides,
-    )  # fmt: skip
-    model = train(config) / "final_model.zip"
+    model = _tiny_memory_model(tmp_path, "lstm", "{'view_size': 3, 'actions': 3}")
     out = tmp_path / "cue.json"
     result = _script(
         "memory_cue_in_state.py", model, "--fresh", "rim", "--init-seeds", 1,
@@ -176,13 +171,8 @@ def test_memory_cue_in_state_measures_the_cue_from_sight_to_the_fork(tmp_path) -
 
 
 def test_memory_unit_hold_reports_the_cue_units_and_their_later_activity(tmp_path) -> None:
-    options = "env_kwargs:{'view_size': 3, 'actions': 3, 'start_at_cue': True, 'fixed_candidates': True}"
-    overrides = parse_overrides([options, "n_steps:64", "batch_size:128"])
-    config = make_config(
-        "MiniGrid-MemoryS7-v0", policy="rim", n_timesteps=128, n_envs=2, log_folder=str(tmp_path),
-        eval_freq=0, progress_bar=False, overrides=overrides,
-    )  # fmt: skip
-    model = train(config) / "final_model.zip"
+    options = "{'view_size': 3, 'actions': 3, 'start_at_cue': True, 'fixed_candidates': True}"
+    model = _tiny_memory_model(tmp_path, "rim", options)
     out = tmp_path / "hold.json"
     result = _script("memory_unit_hold.py", model, "--episodes", 3, "--json", out)
     assert result.returncode == 0, result.stderr
