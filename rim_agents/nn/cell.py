@@ -139,7 +139,7 @@ class RIMCell(nn.Module):
         l, n, d = x.shape
         k = self.num_units
         flat = x.reshape(l * n, d)
-        keys = self.input_attention.keys(flat).view(l, n, -1)
+        keys = self.input_keys(x)
         value_weight = self.input_attention.value_weight
         if composed is None and d <= l * n:
             composed = self.composed_input_weight()
@@ -149,6 +149,11 @@ class RIMCell(nn.Module):
             gates = torch.matmul(flat @ value_weight, self.weight_ih)  # k (l n) g
             gates = gates.transpose(0, 1).reshape(l, n, k, -1)  # -> l n k g
         return PreparedInput(keys, gates)
+
+    def input_keys(self, x: Tensor) -> Tensor:
+        """The input-attention keys of every step, ``(l, n, d) -> (l, n, q)``."""
+        l, n, d = x.shape
+        return self.input_attention.keys(x.reshape(l * n, d)).view(l, n, -1)
 
     def composed_input_weight(self) -> Tensor:
         """``W_v @ W_ih`` of every unit side by side, ``(d, k*g)``: the input-to-gate map of

@@ -10,8 +10,8 @@ Where it cannot be built (no C++ compiler, no ninja, a torch without an exported
 :func:`load` warns once and returns None, and ``RIM(backend="auto")`` runs the PyTorch
 path. ``RIM_AGENTS_NATIVE=0`` in the environment skips the native op without trying.
 
-Symbols as in ``rim.py``: L steps, N batch, K units, H unit size, G gate width, Q query
-width.
+Symbols as in ``rim.py``: L steps, N batch, D input features, K units, H unit size, G gate
+width, Q query width.
 """
 
 from __future__ import annotations
@@ -52,14 +52,17 @@ def _cpu_flags() -> set[str]:
 
 def compile_flags() -> list[str]:
     """``-O3``, loops free to vectorize, and the vector instructions this CPU has (AVX2 and
-    FMA where present).
+    FMA, and AVX-512F, which switches the float matmuls to the op's own kernel).
 
     The build is for this machine: its folder name includes these flags, so a cache
     shared with another CPU builds its own copy instead of loading one it cannot run.
     """
     flags = ["-O3", "-fopenmp-simd", "-fno-trapping-math", "-fno-math-errno"]
-    if platform.machine() in ("x86_64", "AMD64") and {"avx2", "fma"} <= _cpu_flags():
+    cpu = _cpu_flags() if platform.machine() in ("x86_64", "AMD64") else set()
+    if {"avx2", "fma"} <= cpu:
         flags += ["-mavx2", "-mfma"]
+        if "avx512f" in cpu:
+            flags += ["-mavx512f"]
     return flags
 
 
@@ -168,14 +171,16 @@ class LayerConfig(NamedTuple):
 class LayerInputs(NamedTuple):
     """One layer's inputs to the native op; optional parts are None.
 
-    keys ``(L, N, Q)``; gates ``(L, N, K, G)``; h0, c0 ``(K, N, H)``; keep ``(L, N)``;
+    keys ``(L, N, Q)``; x ``(L, N, D)``; w_in ``(D, K*G)``, each unit's input-to-gate map
+    (:meth:`RIMCell.composed_input_weight`); h0, c0 ``(K, N, H)``; keep ``(L, N)``;
     recurrent ``(K, H, G+Q)`` and bias ``(K, G+Q)``; bias_ih ``(K, G)`` (GRU only);
     in_mask ``(L, K, N)`` and comm_mask ``(L, N, A, K, K)`` (dropout, scaled);
     qkv ``(K, H, A*(2E+V))``, out ``(K, A*V, H or 2H)``, out_bias ``(K, 2H)`` (gated).
     """
 
     keys: Tensor
-    gates: Tensor
+    x: Tensor
+    w_in: Tensor
     h0: Tensor
     c0: Tensor
     keep: Tensor | None
@@ -222,7 +227,8 @@ class _RimLayer(torch.autograd.Function):
             zeros if grad_c is None else grad_c.contiguous(),
             buffers,
             args.keys,
-            args.gates,
+            args.x,
+            args.w_in,
             args.h0,
             args.keep,
             args.recurrent,
@@ -234,10 +240,10 @@ class _RimLayer(torch.autograd.Function):
             args.comm_mask,
             *ctx.config,
         )
-        d_keys, d_gates, d_h0, d_c0, d_rec, d_bias, d_bias_ih, d_qkv, d_out, d_out_bias = grads
-        # Order of LayerInputs; None for keep and the dropout masks.
+        d_keys, d_x, d_h0, d_c0, d_rec, d_bias, d_bias_ih, d_w_in, d_qkv, d_out, d_out_bias = grads
+        # Order of LayerInputs (after the config); None for keep and the dropout masks.
         return (
-            *(None, d_keys, d_gates, d_h0, d_c0, None, d_rec, d_bias, d_bias_ih),
+            *(None, d_keys, d_x, d_w_in, d_h0, d_c0, None, d_rec, d_bias, d_bias_ih),
             *(None, d_qkv, d_out, d_out_bias, None),
         )
 

@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from rim_agents.nn import native
 from rim_agents.nn.attention import COMM_READS
-from rim_agents.nn.cell import GATES, DropoutMasks, PreparedInput, RIMCell, StepWeights
+from rim_agents.nn.cell import GATES, DropoutMasks, RIMCell, StepWeights
 from rim_agents.nn.graphs import CudaGraphs
 
 BACKENDS = ("auto", "native", "torch")
@@ -350,12 +350,12 @@ class RIM(nn.Module):
             c = hx[1][index].view(batch, self.num_units, self.unit_size).transpose(0, 1)
             if self.cell == "gru":
                 c = torch.zeros_like(h)
+            composed: Tensor | None = None
             if torch.is_grad_enabled() or not cached_weights:
-                prepared, weights = layer.prepare(x), layer.step_weights()
+                weights = layer.step_weights()
             else:  # rollouts: the same weights step after step
                 composed, weights = layer.inference_weights()
-                prepared = layer.prepare(x, composed)
-            x, h, c, active = run_layer(layer, prepared, weights, h, c, keep, dropout)
+            x, h, c, active = run_layer(layer, x, composed, weights, h, c, keep, dropout)
             h_out.append(h.transpose(0, 1).reshape(batch, self.hidden_size))  # k n h -> n (k h)
             c_out.append(c.transpose(0, 1).reshape(batch, self.hidden_size))
             masks.append(active)
@@ -365,7 +365,8 @@ class RIM(nn.Module):
 
 def _torch_layer(
     layer: RIMCell,
-    prepared: PreparedInput,
+    x: Tensor,
+    composed: Tensor | None,
     weights: StepWeights,
     h: Tensor,
     c: Tensor,
@@ -374,9 +375,11 @@ def _torch_layer(
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """One layer, step by step in PyTorch operations.
 
-    ``h``, ``c`` ``(K, N, H)``; ``keep (L, N)`` or None -> ``output (L, N, K*H)``, ``h_n``,
-    ``c_n`` ``(K, N, H)``, ``active (L, K, N)``.
+    ``x (L, N, D)``; ``composed``: the layer's cached :meth:`RIMCell.composed_input_weight`
+    or None; ``h``, ``c`` ``(K, N, H)``; ``keep (L, N)`` or None -> ``output (L, N, K*H)``,
+    ``h_n``, ``c_n`` ``(K, N, H)``, ``active (L, K, N)``.
     """
+    prepared = layer.prepare(x, composed)
     seq_len, batch = prepared.keys.shape[:2]
     # Per-step views, no copy: unbinding once keeps autograd from building a full-size
     # zero gradient per step as slicing would.
@@ -402,14 +405,18 @@ def _torch_layer(
 
 def _native_layer(
     layer: RIMCell,
-    prepared: PreparedInput,
+    x: Tensor,
+    composed: Tensor | None,
     weights: StepWeights,
     h: Tensor,
     c: Tensor,
     keep: Tensor | None,
     dropout: DropoutMasks,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """One layer in one native call, forward and backward (same contract as ``_torch_layer``)."""
+    """One layer in one native call, forward and backward (same contract as ``_torch_layer``).
+
+    The op forms the input-to-gate terms itself, for the active units' rows only, from
+    ``x`` and the composed input weight."""
     comm = layer.communication
     config = native.LayerConfig(
         top_k=layer.top_k,
@@ -419,8 +426,9 @@ def _native_layer(
         value_size=0 if comm is None else comm.value_size,
     )
     inputs = native.LayerInputs(
-        keys=prepared.keys,
-        gates=prepared.gates,
+        keys=layer.input_keys(x),
+        x=x,
+        w_in=layer.composed_input_weight() if composed is None else composed,
         h0=h,
         c0=c,
         keep=keep,

@@ -1,10 +1,10 @@
 // One RIM layer over a whole sequence, forward and hand-written backward, for CPU.
 //
-// The Python side (rim_agents/nn/native.py) computes what depends only on the input
-// (keys, input-to-gate terms) and the per-call weight layouts with autograd, as the
-// PyTorch path does, and hands this file the time loop: per step, the recurrent matmul,
-// the null-input scores and top-k selection, the LSTM/GRU update of the active units,
-// communication attention and the read of the active units, and the episode resets.
+// The Python side (rim_agents/nn/native.py) computes the input keys and the per-call
+// weight layouts with autograd, as the PyTorch path does, and hands this file the time
+// loop: per step, the recurrent matmul, the null-input scores and top-k selection, the
+// input-to-gate terms and LSTM/GRU update of the active units, communication attention
+// and the read of the active units, and the episode resets.
 // The backward runs the same loop in reverse and returns the gradient of every input;
 // weight gradients are accumulated step by step, so no sequence-long gradient buffers.
 //
@@ -13,13 +13,17 @@
 // Python side does not pick this backend. Everything else is plain loops over
 // contiguous memory, so one step costs a handful of BLAS calls and no allocations.
 //
-// Symbols: L steps, N batch, K units, H unit size, G gate width (4H LSTM, 3H GRU),
+// Symbols: L steps, N batch, D input features, K units, H unit size, G gate width (4H LSTM, 3H GRU),
 // Q query width, A comm heads, E comm key size, V comm value size,
 // W = A*(2E+V) qkv width, R = A*V read width, O = H (linear read) or 2H (gated read).
 
 #include <torch/extension.h>
 
 #include <pthread.h>
+
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
 
 #include <algorithm>
 #include <atomic>
@@ -31,6 +35,7 @@
 #include <map>
 #include <mutex>
 #include <thread>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -62,21 +67,113 @@ void blas_gemm<double>(char ta, char tb, int m, int n, int k, double alpha, cons
   dgemm_(&ta, &tb, &m, &n, &k, &alpha, a, &lda, b, &ldb, &beta, c, &ldc);
 }
 
-// Row-major C (M x N) = op(A) op(B) + beta * C, where op(A) is M x K and op(B) is K x N;
-// A is stored M x K (or K x M when ta), B is stored K x N (or N x K when tb). Row-major
-// C is column-major C^T = op(B)^T op(A)^T, hence the swapped operands.
-// lda, ldb, ldc: the row strides of A, B and C as stored.
+#if defined(__AVX512F__)
+// Small float matmuls with AVX-512, for the per-step shapes of the loop (a few to a few
+// hundred rows and columns). MKL's sgemm runs its AVX2 code on AMD CPUs and copies its
+// operands into packed blocks at every call; at the op's shapes this kernel, which reads
+// them in place, measured 2.1-3.3x its speed (docs/benchmarks.md).
+namespace avx512 {
+
+// C[MR x 16*NV] (+)= A[MR x K] B[K x 16*NV]: MR*NV accumulators stay in registers over the
+// whole K loop. A's element (r, k) is at a[r * rsa + k * csa] (so a transposed A is just
+// other strides); B is row-major with row stride ldb. `last` masks the columns of the
+// last 16-wide block that exist.
+template <int MR, int NV>
+inline void tile(int64_t K, const float* a, int64_t rsa, int64_t csa, const float* b, int64_t ldb, float* c,
+                 int64_t ldc, bool accumulate, __mmask16 last) {
+  __m512 acc[MR][NV];
+#pragma GCC unroll 16
+  for (int r = 0; r < MR; ++r) {
+#pragma GCC unroll 16
+    for (int j = 0; j < NV; ++j) acc[r][j] = _mm512_setzero_ps();
+  }
+  for (int64_t k = 0; k < K; ++k) {
+    __m512 bv[NV];
+#pragma GCC unroll 16
+    for (int j = 0; j < NV; ++j) {
+      const float* row = b + k * ldb + 16 * j;
+      bv[j] = j == NV - 1 ? _mm512_maskz_loadu_ps(last, row) : _mm512_loadu_ps(row);
+    }
+#pragma GCC unroll 16
+    for (int r = 0; r < MR; ++r) {
+      const __m512 av = _mm512_set1_ps(a[r * rsa + k * csa]);
+#pragma GCC unroll 16
+      for (int j = 0; j < NV; ++j) acc[r][j] = _mm512_fmadd_ps(av, bv[j], acc[r][j]);
+    }
+  }
+#pragma GCC unroll 16
+  for (int r = 0; r < MR; ++r) {
+#pragma GCC unroll 16
+    for (int j = 0; j < NV; ++j) {
+      float* out = c + r * ldc + 16 * j;
+      const __mmask16 mask = j == NV - 1 ? last : __mmask16(0xFFFF);
+      __m512 v = acc[r][j];
+      if (accumulate) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(mask, out));
+      _mm512_mask_storeu_ps(out, mask, v);
+    }
+  }
+}
+
+// The last M % MR rows, as one tile of that height.
+template <int NV, int MR>
+inline void remainder(int64_t m, int64_t K, const float* a, int64_t rsa, int64_t csa, const float* b, int64_t ldb,
+                      float* c, int64_t ldc, bool accumulate, __mmask16 last) {
+  if constexpr (MR > 0) {
+    if (m == MR) return tile<MR, NV>(K, a, rsa, csa, b, ldb, c, ldc, accumulate, last);
+    remainder<NV, MR - 1>(m, K, a, rsa, csa, b, ldb, c, ldc, accumulate, last);
+  }
+}
+
+// One column block of 16*NV over all M rows, in tiles of MR rows: about 24 accumulators.
+template <int NV>
+void column_block(int64_t M, int64_t K, const float* a, int64_t rsa, int64_t csa, const float* b, int64_t ldb,
+                  float* c, int64_t ldc, bool accumulate, __mmask16 last) {
+  constexpr int MR = NV == 4 ? 6 : NV == 3 ? 8 : NV == 2 ? 12 : 16;
+  int64_t r = 0;
+  for (; r + MR <= M; r += MR) tile<MR, NV>(K, a + r * rsa, rsa, csa, b, ldb, c + r * ldc, ldc, accumulate, last);
+  remainder<NV, MR - 1>(M - r, K, a + r * rsa, rsa, csa, b, ldb, c + r * ldc, ldc, accumulate, last);
+}
+
+// Row-major C (M x N) (+)= A B, A's element (r, k) at a[r * rsa + k * csa], B (K x N).
+inline void gemm(int64_t M, int64_t N, int64_t K, const float* a, int64_t rsa, int64_t csa, const float* b,
+                 int64_t ldb, float* c, int64_t ldc, bool accumulate) {
+  int64_t j = 0;
+  for (; j + 64 <= N; j += 64) column_block<4>(M, K, a, rsa, csa, b + j, ldb, c + j, ldc, accumulate, 0xFFFF);
+  const int64_t rest = N - j;
+  if (rest == 0) return;
+  const __mmask16 last = rest % 16 ? __mmask16((1u << (rest % 16)) - 1) : __mmask16(0xFFFF);
+  switch ((rest + 15) / 16) {
+    case 1: return column_block<1>(M, K, a, rsa, csa, b + j, ldb, c + j, ldc, accumulate, last);
+    case 2: return column_block<2>(M, K, a, rsa, csa, b + j, ldb, c + j, ldc, accumulate, last);
+    case 3: return column_block<3>(M, K, a, rsa, csa, b + j, ldb, c + j, ldc, accumulate, last);
+    default: return column_block<4>(M, K, a, rsa, csa, b + j, ldb, c + j, ldc, accumulate, last);
+  }
+}
+
+}  // namespace avx512
+#endif
+
+// Row-major C (M x N) = op(A) B, or += with `accumulate`, where op(A) is M x K and B is
+// K x N. A is stored M x K (or K x M when ta), B is stored K x N. lda, ldb, ldc: the row
+// strides of A, B and C as stored. Float runs the AVX-512 kernel above where the build
+// has it; otherwise the BLAS, which is column-major: C^T = B^T op(A)^T, hence the
+// swapped operands.
 template <typename T>
-inline void mm_ld(bool ta, bool tb, int64_t M, int64_t N, int64_t K, const T* A, int64_t lda, const T* B,
-                  int64_t ldb, T beta, T* C, int64_t ldc) {
-  blas_gemm<T>(tb ? 'T' : 'N', ta ? 'T' : 'N', static_cast<int>(N), static_cast<int>(M), static_cast<int>(K), T(1),
-               B, static_cast<int>(ldb), A, static_cast<int>(lda), beta, C, static_cast<int>(ldc));
+inline void mm_ld(bool ta, int64_t M, int64_t N, int64_t K, const T* A, int64_t lda, const T* B, int64_t ldb,
+                  bool accumulate, T* C, int64_t ldc) {
+#if defined(__AVX512F__)
+  if constexpr (std::is_same_v<T, float>) {
+    return avx512::gemm(M, N, K, A, ta ? 1 : lda, ta ? lda : 1, B, ldb, C, ldc, accumulate);
+  }
+#endif
+  blas_gemm<T>('N', ta ? 'T' : 'N', static_cast<int>(N), static_cast<int>(M), static_cast<int>(K), T(1), B,
+               static_cast<int>(ldb), A, static_cast<int>(lda), accumulate ? T(1) : T(0), C, static_cast<int>(ldc));
 }
 
 // The same, for contiguous operands.
 template <typename T>
-inline void mm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, const T* A, const T* B, T beta, T* C) {
-  mm_ld<T>(ta, tb, M, N, K, A, ta ? M : K, B, tb ? K : N, beta, C, N);
+inline void mm(bool ta, int64_t M, int64_t N, int64_t K, const T* A, const T* B, bool accumulate, T* C) {
+  mm_ld<T>(ta, M, N, K, A, ta ? M : K, B, N, accumulate, C, N);
 }
 
 // exp, sigmoid and tanh. float: branch-free so that loops over a row vectorize; Cephes'
@@ -305,7 +402,7 @@ class Team {
 Team* Team::team_ = new Team();
 
 struct Dims {
-  int64_t L, N, K, H, G, Q, A, E, V, W, R, O, top_k;
+  int64_t L, N, D, K, H, G, Q, A, E, V, W, R, O, top_k;
   bool lstm, comm, gated;
 };
 
@@ -325,11 +422,12 @@ const T* ptr_or_null(const Tensor& t) {
 }
 
 template <typename T>
-std::vector<Tensor> forward_impl(const Dims& d, const Tensor& keys, const Tensor& xg, const Tensor& h0,
+std::vector<Tensor> forward_impl(const Dims& d, const Tensor& keys, const Tensor& x_t, const Tensor& w_in,
+                                 const Tensor& h0,
                                  const Tensor& c0, const Tensor& keep_t, const Tensor& w_rec, const Tensor& b_rec,
                                  const Tensor& b_ih, const Tensor& in_mask_t, const Tensor& qkv_w,
                                  const Tensor& out_w, const Tensor& out_b, const Tensor& comm_mask_t) {
-  const int64_t L = d.L, N = d.N, K = d.K, H = d.H, G = d.G, Q = d.Q, GQ = G + Q;
+  const int64_t L = d.L, N = d.N, D = d.D, K = d.K, H = d.H, G = d.G, Q = d.Q, GQ = G + Q;
   const int64_t A = d.A, E = d.E, V = d.V, W = d.W, R = d.R, O = d.O;
   auto opts = keys.options();
   Tensor output = cached_empty({L, N, K * H}, opts);
@@ -349,7 +447,8 @@ std::vector<Tensor> forward_impl(const Dims& d, const Tensor& keys, const Tensor
   Tensor c = d.lstm ? c0.clone() : at::zeros_like(h0);
 
   const T* keys_p = keys.data_ptr<T>();
-  const T* xg_p = xg.data_ptr<T>();
+  const T* x_p = x_t.data_ptr<T>();
+  const T* win_p = w_in.data_ptr<T>();
   const T* keep = ptr_or_null<T>(keep_t);
   const T* wr_p = w_rec.data_ptr<T>();
   const T* br_p = b_rec.data_ptr<T>();
@@ -382,7 +481,7 @@ std::vector<Tensor> forward_impl(const Dims& d, const Tensor& keys, const Tensor
   // reads. Barriers: all scores before the ranking, all qkv before the attention.
   auto body = [&](int member, int members) {
     const int64_t k0 = K * member / members, k1 = K * (member + 1) / members;
-    std::vector<T> gbuf(N * G), hrows(N * H), pbuf(N * O), gathered(N * R), logits(K);
+    std::vector<T> gbuf(N * G), xbuf(N * G), hrows(N * H), xrows(N * D), pbuf(N * O), gathered(N * R), logits(K);
     std::vector<int64_t> rows(N);
     for (int64_t t = 0; t < L; ++t) {
       T* score = scores.data() + (t % 2) * K * N;
@@ -405,7 +504,7 @@ std::vector<Tensor> forward_impl(const Dims& d, const Tensor& keys, const Tensor
       const T* keys_t = keys_p + t * N * Q;
       for (int64_t k = k0; k < k1; ++k) {
         T* q = query_p + (t * K + k) * N * Q;
-        mm_ld<T>(false, false, N, Q, H, h_p + k * N * H, H, wr_p + k * H * GQ + G, GQ, T(0), q, Q);
+        mm_ld<T>(false, N, Q, H, h_p + k * N * H, H, wr_p + k * H * GQ + G, GQ, false, q, Q);
         for (int64_t n = 0; n < N; ++n) score[k * N + n] = dot(q + n * Q, keys_t + n * Q, Q);
       }
       Team::instance().barrier(members);
@@ -424,25 +523,29 @@ std::vector<Tensor> forward_impl(const Dims& d, const Tensor& keys, const Tensor
         }
       }
       // Unit dynamics of the active units; inactive units keep h and c as they are. Their
-      // hidden-to-gate terms, b + h @ W_hh, in one matmul over the unit's active rows.
+      // hidden-to-gate terms, b + h @ W_hh, and input-to-gate terms, x @ W_in (a unit that
+      // reads with weight 1), each in one matmul over the unit's active rows.
+      const T* x_step = x_p + t * N * D;
       for (int64_t k = k0; k < k1; ++k) {
         int64_t m = 0;
         for (int64_t n = 0; n < N; ++n) {
           w_p[t * K * N + k * N + n] = sigmoid(score[k * N + n]);
           if (!act_t[k * N + n]) continue;
           std::memcpy(hrows.data() + m * H, h_p + (k * N + n) * H, H * sizeof(T));
+          std::memcpy(xrows.data() + m * D, x_step + n * D, D * sizeof(T));
           std::memcpy(gbuf.data() + m * G, br_p + k * GQ, G * sizeof(T));
           rows[m++] = n;
         }
         if (m == 0) continue;
-        mm_ld<T>(false, false, m, G, H, hrows.data(), H, wr_p + k * H * GQ, GQ, T(1), gbuf.data(), G);
+        mm_ld<T>(false, m, G, H, hrows.data(), H, wr_p + k * H * GQ, GQ, true, gbuf.data(), G);
+        mm_ld<T>(false, m, G, D, xrows.data(), D, win_p + k * G, K * G, false, xbuf.data(), G);
         for (int64_t r = 0; r < m; ++r) {
           const int64_t n = rows[r];
           const int64_t kn = k * N + n;
           const T wv = w_p[t * K * N + kn];
           const T wd = in_mask ? wv * in_mask[t * K * N + kn] : wv;
           const T* hg = gbuf.data() + r * G;
-          const T* x = xg_p + ((t * N + n) * K + k) * G;
+          const T* x = xbuf.data() + r * G;
           T* a = act_p + ((t * K + k) * N + n) * 4 * H;
           T* hs = h_p + kn * H;
           if (d.lstm) {
@@ -480,7 +583,7 @@ std::vector<Tensor> forward_impl(const Dims& d, const Tensor& keys, const Tensor
         T* qkv_t = qkv_p + t * K * N * W;
         for (int64_t k = k0; k < k1; ++k) {
           std::memcpy(h1_p + (k * L + t) * N * H, h_p + k * N * H, N * H * sizeof(T));
-          mm<T>(false, false, N, W, H, h_p + k * N * H, qkvw_p + k * H * W, T(0), qkv_t + k * N * W);
+          mm<T>(false, N, W, H, h_p + k * N * H, qkvw_p + k * H * W, false, qkv_t + k * N * W);
         }
         Team::instance().barrier(members);
         // Reads of the active units only (an inactive unit's read is never added); the
@@ -524,7 +627,7 @@ std::vector<Tensor> forward_impl(const Dims& d, const Tensor& keys, const Tensor
             ++m;
           }
           if (m == 0) continue;
-          mm<T>(false, false, m, O, R, gathered.data(), ow_p + k * R * O, d.gated ? T(1) : T(0), pbuf.data());
+          mm<T>(false, m, O, R, gathered.data(), ow_p + k * R * O, d.gated, pbuf.data());
           for (int64_t r = 0; r < m; ++r) {
             const int64_t n = rows[r];
             T* hs = h_p + (k * N + n) * H;
@@ -558,18 +661,21 @@ std::vector<Tensor> forward_impl(const Dims& d, const Tensor& keys, const Tensor
 template <typename T>
 std::vector<Tensor> backward_impl(const Dims& d, const Tensor& grad_out_t, const Tensor& grad_hn,
                                   const Tensor& grad_cn, const std::vector<Tensor>& saved, const Tensor& keys,
-                                  const Tensor& xg, const Tensor& keep_t, const Tensor& w_rec, const Tensor& b_ih,
+                                  const Tensor& x_t, const Tensor& w_in, const Tensor& keep_t, const Tensor& w_rec,
+                                  const Tensor& b_ih,
                                   const Tensor& in_mask_t, const Tensor& qkv_w, const Tensor& out_w,
                                   const Tensor& comm_mask_t) {
-  const int64_t L = d.L, N = d.N, K = d.K, H = d.H, G = d.G, Q = d.Q, GQ = G + Q;
+  const int64_t L = d.L, N = d.N, D = d.D, K = d.K, H = d.H, G = d.G, Q = d.Q, GQ = G + Q;
   const int64_t A = d.A, E = d.E, V = d.V, W = d.W, R = d.R, O = d.O;
   const Tensor &hp = saved[0], &cp = saved[1], &act = saved[2], &tc = saved[3], &wsig = saved[4],
                &query = saved[5], &active = saved[6], &h1 = saved[7], &qkv = saved[8], &att = saved[9],
                &read = saved[10], &pact = saved[11];
   auto opts = keys.options();
   Tensor dkeys = cached_empty({L, N, Q}, opts).zero_();
-  Tensor dxg = cached_empty({L, N, K, G}, opts);
+  // Each unit's share of the input's gradient, summed over units after the loop.
+  Tensor dx_units = cached_empty({L, K, N, D}, opts);
   // Weight gradients, accumulated step by step (no sequence-long gradient buffers).
+  Tensor dw_in = at::zeros({D, K * G}, opts);
   Tensor dw_rec = at::zeros({K, H, GQ}, opts);
   Tensor db_rec = at::zeros({K, GQ}, opts);
   Tensor dqkv_w = d.comm ? at::zeros({K, H, W}, opts) : Tensor();
@@ -586,12 +692,18 @@ std::vector<Tensor> backward_impl(const Dims& d, const Tensor& grad_out_t, const
 
   const T* gout = grad_out_t.data_ptr<T>();
   const T* keys_p = keys.data_ptr<T>();
-  const T* xg_p = xg.data_ptr<T>();
+  const T* x_p = x_t.data_ptr<T>();
   const T* keep = ptr_or_null<T>(keep_t);
-  const T* wr_p = w_rec.data_ptr<T>();
+  // The weights transposed once per call, so that every matmul below reads B row by row.
+  const Tensor w_in_t = w_in.view({D, K, G}).permute({1, 2, 0}).contiguous();     // (K, G, D)
+  const Tensor w_rec_t = w_rec.transpose(1, 2).contiguous();                       // (K, G+Q, H)
+  const Tensor qkv_w_t = d.comm ? qkv_w.transpose(1, 2).contiguous() : Tensor();  // (K, W, H)
+  const Tensor out_w_t = d.comm ? out_w.transpose(1, 2).contiguous() : Tensor();  // (K, O, R)
+  const T* wint_p = w_in_t.data_ptr<T>();
+  const T* wrt_p = w_rec_t.data_ptr<T>();
   const T* in_mask = ptr_or_null<T>(in_mask_t);
-  const T* qkvw_p = ptr_or_null<T>(qkv_w);
-  const T* ow_p = ptr_or_null<T>(out_w);
+  const T* qkvwt_p = ptr_or_null<T>(qkv_w_t);
+  const T* owt_p = ptr_or_null<T>(out_w_t);
   const T* comm_mask = ptr_or_null<T>(comm_mask_t);
   const T* hp_p = hp.data_ptr<T>();
   const T* cp_p = d.lstm ? cp.data_ptr<T>() : nullptr;
@@ -604,7 +716,8 @@ std::vector<Tensor> backward_impl(const Dims& d, const Tensor& grad_out_t, const
   const T* att_p = d.comm ? att.data_ptr<T>() : nullptr;
   const T* pact_p = d.comm && d.gated ? pact.data_ptr<T>() : nullptr;
   T* dkeys_p = dkeys.data_ptr<T>();
-  T* dxg_p = dxg.data_ptr<T>();
+  T* dxu_p = dx_units.data_ptr<T>();
+  T* dwin_p = dw_in.data_ptr<T>();
   T* dqkv_p = d.comm ? dqkvt.data() : nullptr;  // this step's (K, N, W)
   const T* h1_p = d.comm ? h1.data_ptr<T>() : nullptr;
   const T* read_p = d.comm ? read.data_ptr<T>() : nullptr;
@@ -627,7 +740,8 @@ std::vector<Tensor> backward_impl(const Dims& d, const Tensor& grad_out_t, const
     const int64_t k0 = K * member / members, k1 = K * (member + 1) / members;
     const int64_t n0 = N * member / members, n1 = N * (member + 1) / members;
     std::vector<T> dread(N * R), gathered(N * O), dattd(K);
-    std::vector<T> dgc(N * G), dq_rows(N * Q), hrows(N * H), hgrad(N * H), read_rows(d.comm ? N * R : 0);
+    std::vector<T> dgc(N * G), dxc(d.lstm ? 0 : N * G), dq_rows(N * Q), hrows(N * H), hgrad(N * H);
+    std::vector<T> xrows(N * D), ubuf(N * D), read_rows(d.comm ? N * R : 0);
     std::vector<int64_t> rows(N);
     for (int64_t t = L - 1; t >= 0; --t) {
       const bool* act_t = active_p + t * K * N;
@@ -669,13 +783,13 @@ std::vector<Tensor> backward_impl(const Dims& d, const Tensor& grad_out_t, const
             ++m;
           }
           if (m == 0) continue;
-          mm<T>(true, false, R, O, m, read_rows.data(), gathered.data(), T(1), dow_p + k * R * O);
+          mm<T>(true, R, O, m, read_rows.data(), gathered.data(), true, dow_p + k * R * O);
           if (d.gated) {
             for (int64_t r = 0; r < m; ++r) {
               for (int64_t i = 0; i < O; ++i) dob_p[k * O + i] += gathered[r * O + i];
             }
           }
-          mm<T>(false, true, m, R, O, gathered.data(), ow_p + k * R * O, T(0), dread.data());
+          mm<T>(false, m, R, O, gathered.data(), owt_p + k * O * R, false, dread.data());
           for (int64_t r = 0; r < m; ++r) {
             std::memcpy(dread_all.data() + (k * N + rows[r]) * R, dread.data() + r * R, R * sizeof(T));
           }
@@ -715,100 +829,116 @@ std::vector<Tensor> backward_impl(const Dims& d, const Tensor& grad_out_t, const
         }
         Team::instance().barrier(members);
         for (int64_t k = k0; k < k1; ++k) {
-          mm<T>(false, true, N, H, W, dqkv_p + k * N * W, qkvw_p + k * H * W, T(1), dh1.data() + k * N * H);
-          mm<T>(true, false, H, W, N, h1_p + (k * L + t) * N * H, dqkv_p + k * N * W, T(1), dqkvw_p + k * H * W);
+          mm<T>(false, N, H, W, dqkv_p + k * N * W, qkvwt_p + k * W * H, true, dh1.data() + k * N * H);
+          mm<T>(true, H, W, N, h1_p + (k * L + t) * N * H, dqkv_p + k * N * W, true, dqkvw_p + k * H * W);
         }
       }
       // Unit dynamics: h1 = active ? h_new : h, c = active ? c_new : c. The gate gradients
-      // of the active rows are gathered (dGc), the query gradients kept for every row (dQ).
+      // of the active rows are gathered (dGc; dXc, the input term's, differs for a GRU).
+      const T* x_step = x_p + t * N * D;
       for (int64_t k = k0; k < k1; ++k) {
         int64_t m = 0;
         for (int64_t n = 0; n < N; ++n) {
           const int64_t kn = k * N + n;
-          const bool on = act_t[kn];
           const T* g1 = dh1.data() + kn * H;
           T* gh = dhp.data() + kn * H;
-          T* dx = dxg_p + ((t * N + n) * K + k) * G;
-          const T* x = xg_p + ((t * N + n) * K + k) * G;
+          if (!act_t[kn]) {
+            // Inactive: the state passes through; the unit's update got no gradient.
+            std::memcpy(gh, g1, H * sizeof(T));
+            if (d.lstm) std::memcpy(dcp.data() + kn * H, dc_p + kn * H, H * sizeof(T));
+            continue;
+          }
           const T* a = act_p + ((t * K + k) * N + n) * 4 * H;
+          const T* hprev = hp_p + ((k * L + t) * N + n) * H;
+          const T wd = in_mask ? w_p[t * K * N + kn] * in_mask[t * K * N + kn] : w_p[t * K * N + kn];
+          T* drow = dgc.data() + m * G;
+          std::memcpy(hrows.data() + m * H, hprev, H * sizeof(T));
+          const T* xr = x_step + n * D;
+          T* xs = xrows.data() + m * D;
+#pragma omp simd
+          for (int64_t i = 0; i < D; ++i) xs[i] = wd * xr[i];
+          rows[m++] = n;
+          if (d.lstm) {
+            const T* gc = dc_p + kn * H;
+            const T* cprev = cp_p + ((t * K + k) * N + n) * H;
+            const T* tcs = tc_p + ((t * K + k) * N + n) * H;
+            T* gcp = dcp.data() + kn * H;
+#pragma omp simd
+            for (int64_t i = 0; i < H; ++i) {
+              const T ig = a[i], fg = a[H + i], og = a[2 * H + i], gg = a[3 * H + i], tcn = tcs[i];
+              const T dcn = gc[i] + g1[i] * og * (T(1) - tcn * tcn);
+              const T dpi = dcn * gg * ig * (T(1) - ig);
+              const T dpf = dcn * cprev[i] * fg * (T(1) - fg);
+              const T dpo = g1[i] * tcn * og * (T(1) - og);
+              const T dpg = dcn * ig * (T(1) - gg * gg);
+              gcp[i] = dcn * fg;
+              gh[i] = 0;
+              drow[i] = dpi, drow[H + i] = dpf, drow[2 * H + i] = dpo, drow[3 * H + i] = dpg;
+            }
+          } else {
+            T* gb = dbih_p + k * G;
+            T* dxr = dxc.data() + (m - 1) * G;
+#pragma omp simd
+            for (int64_t i = 0; i < H; ++i) {
+              const T r = a[i], z = a[H + i], nn = a[2 * H + i], hn = a[3 * H + i];
+              const T dpn = g1[i] * (T(1) - z) * (T(1) - nn * nn);
+              const T dpz = g1[i] * (hprev[i] - nn) * z * (T(1) - z);
+              const T dpr = dpn * hn * r * (T(1) - r);
+              gh[i] = g1[i] * z;
+              drow[i] = dpr, drow[H + i] = dpz, drow[2 * H + i] = dpn * r;
+              // The input term's gradient: the same for r and z, dpn for n.
+              dxr[i] = dpr, dxr[H + i] = dpz, dxr[2 * H + i] = dpn;
+            }
+#pragma omp simd
+            for (int64_t i = 0; i < G; ++i) gb[i] += dxr[i];
+          }
+        }
+        // Back through the input term w * (x @ W_in) of the active rows: U = dXc @ W_in^T
+        // gives the input's gradient (w U) and the read weight's (x . U).
+        const T* dxc_p = d.lstm ? dgc.data() : dxc.data();
+        if (m > 0) {
+          mm_ld<T>(false, m, D, G, dxc_p, G, wint_p + k * G * D, D, false, ubuf.data(), D);
+          mm_ld<T>(true, D, G, m, xrows.data(), D, dxc_p, G, true, dwin_p + k * G, K * G);
+        }
+        // Input attention: w = sigmoid(query . key), the query from h (t-1). The key's
+        // gradient sums over units, so it is formed after the loop from ds_all. An
+        // inactive unit's score reaches nothing but its discarded update: no gradient.
+        for (int64_t n = 0, r = 0; n < N; ++n) {
+          const int64_t kn = k * N + n;
+          T* dxu = dxu_p + ((t * K + k) * N + n) * D;
+          T* dq = dq_rows.data() + n * Q;
+          if (!act_t[kn]) {
+            ds_all[(t * K + k) * N + n] = 0;
+            std::fill(dxu, dxu + D, T(0));
+            std::fill(dq, dq + Q, T(0));
+            continue;
+          }
+          const T* u = ubuf.data() + r++ * D;
           const T wv = w_p[t * K * N + kn];
           const T mask = in_mask ? in_mask[t * K * N + kn] : T(1);
           const T wd = wv * mask;
-          const T* hprev = hp_p + ((k * L + t) * N + n) * H;
-          T dwd = 0;
-          if (!on) {
-            // Inactive: the state passes through; the unit's update got no gradient, and
-            // neither does its query (the score reaches nothing but the discarded update).
-            std::memcpy(gh, g1, H * sizeof(T));
-            if (d.lstm) std::memcpy(dcp.data() + kn * H, dc_p + kn * H, H * sizeof(T));
-            std::fill(dx, dx + G, T(0));
-          } else {
-            T* drow = dgc.data() + m * G;
-            std::memcpy(hrows.data() + m * H, hprev, H * sizeof(T));
-            rows[m++] = n;
-            if (d.lstm) {
-              const T* gc = dc_p + kn * H;
-              const T* cprev = cp_p + ((t * K + k) * N + n) * H;
-              const T* tcs = tc_p + ((t * K + k) * N + n) * H;
-              T* gcp = dcp.data() + kn * H;
 #pragma omp simd
-              for (int64_t i = 0; i < H; ++i) {
-                const T ig = a[i], fg = a[H + i], og = a[2 * H + i], gg = a[3 * H + i], tcn = tcs[i];
-                const T dcn = gc[i] + g1[i] * og * (T(1) - tcn * tcn);
-                const T dpi = dcn * gg * ig * (T(1) - ig);
-                const T dpf = dcn * cprev[i] * fg * (T(1) - fg);
-                const T dpo = g1[i] * tcn * og * (T(1) - og);
-                const T dpg = dcn * ig * (T(1) - gg * gg);
-                gcp[i] = dcn * fg;
-                gh[i] = 0;
-                drow[i] = dpi, drow[H + i] = dpf, drow[2 * H + i] = dpo, drow[3 * H + i] = dpg;
-              }
-              for (int64_t i = 0; i < G; ++i) {
-                dwd += drow[i] * x[i];
-                dx[i] = wd * drow[i];
-              }
-            } else {
-              T* gb = dbih_p + k * G;
-#pragma omp simd
-              for (int64_t i = 0; i < H; ++i) {
-                const T r = a[i], z = a[H + i], nn = a[2 * H + i], hn = a[3 * H + i];
-                const T dpn = g1[i] * (T(1) - z) * (T(1) - nn * nn);
-                const T dpz = g1[i] * (hprev[i] - nn) * z * (T(1) - z);
-                const T dpr = dpn * hn * r * (T(1) - r);
-                gh[i] = g1[i] * z;
-                drow[i] = dpr, drow[H + i] = dpz, drow[2 * H + i] = dpn * r;
-                // The input term's gradient: the same for r and z, dpn for n.
-                dx[i] = dpr, dx[H + i] = dpz, dx[2 * H + i] = dpn;
-              }
-              for (int64_t i = 0; i < G; ++i) {
-                gb[i] += dx[i];
-                dwd += dx[i] * x[i];
-                dx[i] *= wd;
-              }
-            }
-          }
-          // Input attention: w = sigmoid(query . key), the query from h (t-1). The key's
-          // gradient sums over units, so it is formed after the loop from ds_all.
-          const T ds = dwd * mask * wv * (T(1) - wv);
+          for (int64_t i = 0; i < D; ++i) dxu[i] = wd * u[i];
+          const T ds = dot(x_step + n * D, u, D) * mask * wv * (T(1) - wv);
           ds_all[(t * K + k) * N + n] = ds;
-          T* dq = dq_rows.data() + n * Q;
           const T* key = keys_p + (t * N + n) * Q;
+#pragma omp simd
           for (int64_t j = 0; j < Q; ++j) dq[j] = ds * key[j];
         }
         // Back through R = [b + h W_hh (active rows), h W_q (all rows)] of unit k.
-        const T* w_hh = wr_p + k * H * GQ;  // (H, G+Q): gate columns, then query columns
+        const T* w_hh_t = wrt_p + k * GQ * H;  // (G+Q, H): gate rows, then query rows
         T* dw = dwr_p + k * H * GQ;
-        mm_ld<T>(false, true, N, H, Q, dq_rows.data(), Q, w_hh + G, GQ, T(1), dhp.data() + k * N * H, H);
-        mm_ld<T>(true, false, H, Q, N, hp_p + (k * L + t) * N * H, H, dq_rows.data(), Q, T(1), dw + G, GQ);
+        mm_ld<T>(false, N, H, Q, dq_rows.data(), Q, w_hh_t + G * H, H, true, dhp.data() + k * N * H, H);
+        mm_ld<T>(true, H, Q, N, hp_p + (k * L + t) * N * H, H, dq_rows.data(), Q, true, dw + G, GQ);
         if (m == 0) continue;
-        mm_ld<T>(false, true, m, H, G, dgc.data(), G, w_hh, GQ, T(0), hgrad.data(), H);
+        mm_ld<T>(false, m, H, G, dgc.data(), G, w_hh_t, H, false, hgrad.data(), H);
         for (int64_t r = 0; r < m; ++r) {
           T* gh = dhp.data() + (k * N + rows[r]) * H;
           const T* g = hgrad.data() + r * H;
 #pragma omp simd
           for (int64_t i = 0; i < H; ++i) gh[i] += g[i];
         }
-        mm_ld<T>(true, false, H, G, m, hrows.data(), H, dgc.data(), G, T(1), dw, GQ);
+        mm_ld<T>(true, H, G, m, hrows.data(), H, dgc.data(), G, true, dw, GQ);
         T* db = dbr_p + k * GQ;
         for (int64_t r = 0; r < m; ++r) {
 #pragma omp simd
@@ -840,19 +970,34 @@ std::vector<Tensor> backward_impl(const Dims& d, const Tensor& grad_out_t, const
       }
     }
   }
+  // The input's gradient: the units' shares, summed in unit order.
+  Tensor dx = cached_empty({L, N, D}, opts);
+  T* dx_p = dx.data_ptr<T>();
+  for (int64_t t = 0; t < L; ++t) {
+    for (int64_t n = 0; n < N; ++n) {
+      T* row = dx_p + (t * N + n) * D;
+      std::memcpy(row, dxu_p + (t * K * N + n) * D, D * sizeof(T));
+      for (int64_t k = 1; k < K; ++k) {
+        const T* part = dxu_p + ((t * K + k) * N + n) * D;
+#pragma omp simd
+        for (int64_t i = 0; i < D; ++i) row[i] += part[i];
+      }
+    }
+  }
   if (!d.lstm) dc = Tensor();
-  return {dkeys, dxg, dh, dc, dw_rec, db_rec, d.lstm ? Tensor() : db_ih, dqkv_w, dout_w, dout_b};
+  return {dkeys, dx, dh, dc, dw_rec, db_rec, d.lstm ? Tensor() : db_ih, dw_in, dqkv_w, dout_w, dout_b};
 }
 
-Dims make_dims(const Tensor& xg, const Tensor& h0, const Tensor& keys, const c10::optional<Tensor>& qkv_w,
-               const c10::optional<Tensor>& out_b, int64_t top_k, bool lstm, int64_t heads, int64_t key_size,
-               int64_t value_size) {
+Dims make_dims(const Tensor& x, const Tensor& w_in, const Tensor& h0, const Tensor& keys,
+               const c10::optional<Tensor>& qkv_w, const c10::optional<Tensor>& out_b, int64_t top_k, bool lstm,
+               int64_t heads, int64_t key_size, int64_t value_size) {
   Dims d{};
-  d.L = xg.size(0);
-  d.N = xg.size(1);
-  d.K = xg.size(2);
-  d.G = xg.size(3);
+  d.L = x.size(0);
+  d.N = x.size(1);
+  d.D = x.size(2);
+  d.K = h0.size(0);
   d.H = h0.size(2);
+  d.G = (lstm ? 4 : 3) * d.H;
   d.Q = keys.size(2);
   d.top_k = top_k;
   d.lstm = lstm;
@@ -864,7 +1009,8 @@ Dims make_dims(const Tensor& xg, const Tensor& h0, const Tensor& keys, const c10
   d.W = heads * (2 * key_size + value_size);
   d.R = heads * value_size;
   d.O = d.gated ? 2 * d.H : d.H;
-  TORCH_CHECK(d.G == (lstm ? 4 : 3) * d.H, "rim_layer: gate width ", d.G, " does not match unit size ", d.H);
+  TORCH_CHECK(w_in.dim() == 2 && w_in.size(0) == d.D && w_in.size(1) == d.K * d.G, "rim_layer: w_in must be (",
+              d.D, ", ", d.K * d.G, "), got ", w_in.sizes());
   return d;
 }
 
@@ -880,49 +1026,51 @@ void check_inputs(const std::vector<Tensor>& tensors, const Tensor& like) {
   }
 }
 
-// keys (L, N, Q); xg (L, N, K, G); h0, c0 (K, N, H); keep (L, N); w_rec (K, H, G+Q);
+// keys (L, N, Q); x (L, N, D); w_in (D, K*G); h0, c0 (K, N, H); keep (L, N); w_rec (K, H, G+Q);
 // b_rec (K, G+Q); b_ih (K, G) for a GRU; in_mask (L, K, N); qkv_w (K, H, W);
 // out_w (K, R, O); out_b (K, 2H) for the gated read; comm_mask (L, N, A, K, K).
 // Returns output (L, N, K*H), h_n, c_n (K, N, H), active (L, K, N), then what the
 // backward needs.
-std::vector<Tensor> rim_layer_forward(const Tensor& keys, const Tensor& xg, const Tensor& h0, const Tensor& c0,
+std::vector<Tensor> rim_layer_forward(const Tensor& keys, const Tensor& x, const Tensor& w_in, const Tensor& h0,
+                                      const Tensor& c0,
                                       const c10::optional<Tensor>& keep, const Tensor& w_rec, const Tensor& b_rec,
                                       const c10::optional<Tensor>& b_ih, const c10::optional<Tensor>& in_mask,
                                       const c10::optional<Tensor>& qkv_w, const c10::optional<Tensor>& out_w,
                                       const c10::optional<Tensor>& out_b, const c10::optional<Tensor>& comm_mask,
                                       int64_t top_k, bool lstm, int64_t heads, int64_t key_size,
                                       int64_t value_size) {
-  check_inputs({keys, xg, h0, c0, opt(keep), w_rec, b_rec, opt(b_ih), opt(in_mask), opt(qkv_w), opt(out_w),
+  check_inputs({keys, x, w_in, h0, c0, opt(keep), w_rec, b_rec, opt(b_ih), opt(in_mask), opt(qkv_w), opt(out_w),
                 opt(out_b), opt(comm_mask)},
                keys);
-  const Dims d = make_dims(xg, h0, keys, qkv_w, out_b, top_k, lstm, heads, key_size, value_size);
+  const Dims d = make_dims(x, w_in, h0, keys, qkv_w, out_b, top_k, lstm, heads, key_size, value_size);
   at::NoGradGuard no_grad;
   OneBlasThread one_thread;
   std::vector<Tensor> result;
   AT_DISPATCH_FLOATING_TYPES(keys.scalar_type(), "rim_layer_forward", [&] {
-    result = forward_impl<scalar_t>(d, keys, xg, h0, c0, opt(keep), w_rec, b_rec, opt(b_ih), opt(in_mask),
+    result = forward_impl<scalar_t>(d, keys, x, w_in, h0, c0, opt(keep), w_rec, b_rec, opt(b_ih), opt(in_mask),
                                     opt(qkv_w), opt(out_w), opt(out_b), opt(comm_mask));
   });
   return result;
 }
 
-// Gradients of keys, xg, h0, c0, w_rec, b_rec, b_ih, qkv_w, out_w, out_b (undefined where
+// Gradients of keys, x, h0, c0, w_rec, b_rec, b_ih, w_in, qkv_w, out_w, out_b (undefined where
 // the input was absent).
 std::vector<Tensor> rim_layer_backward(const Tensor& grad_out, const Tensor& grad_hn, const Tensor& grad_cn,
-                                       const std::vector<Tensor>& saved, const Tensor& keys, const Tensor& xg,
-                                       const Tensor& h0, const c10::optional<Tensor>& keep, const Tensor& w_rec,
+                                       const std::vector<Tensor>& saved, const Tensor& keys, const Tensor& x,
+                                       const Tensor& w_in, const Tensor& h0, const c10::optional<Tensor>& keep, const Tensor& w_rec,
                                        const c10::optional<Tensor>& b_ih, const c10::optional<Tensor>& in_mask,
                                        const c10::optional<Tensor>& qkv_w, const c10::optional<Tensor>& out_w,
                                        const c10::optional<Tensor>& out_b, const c10::optional<Tensor>& comm_mask,
                                        int64_t top_k, bool lstm, int64_t heads, int64_t key_size,
                                        int64_t value_size) {
   check_inputs({grad_out, grad_hn, grad_cn}, keys);
-  const Dims d = make_dims(xg, h0, keys, qkv_w, out_b, top_k, lstm, heads, key_size, value_size);
+  const Dims d = make_dims(x, w_in, h0, keys, qkv_w, out_b, top_k, lstm, heads, key_size, value_size);
   at::NoGradGuard no_grad;
   OneBlasThread one_thread;
   std::vector<Tensor> result;
   AT_DISPATCH_FLOATING_TYPES(keys.scalar_type(), "rim_layer_backward", [&] {
-    result = backward_impl<scalar_t>(d, grad_out, grad_hn, grad_cn, saved, keys, xg, opt(keep), w_rec, opt(b_ih),
+    result = backward_impl<scalar_t>(d, grad_out, grad_hn, grad_cn, saved, keys, x, w_in, opt(keep), w_rec,
+                                     opt(b_ih),
                                      opt(in_mask), opt(qkv_w), opt(out_w), opt(comm_mask));
   });
   return result;
