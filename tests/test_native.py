@@ -221,6 +221,30 @@ def test_without_the_extension_auto_warns_once_and_runs_the_pytorch_path(tmp_pat
 
 
 @needs_native
+def test_the_output_gradient_is_read_through_its_strides() -> None:
+    # A sum's gradient arrives expanded (stride 0), a transposed loss's with permuted
+    # strides; the op reads both in place and must match a contiguous copy of them.
+    torch.manual_seed(0)
+    rim = RIM(5, num_units=4, unit_size=8, top_k=2, backend="native").double().eval()  # no dropout
+    x = torch.randn(7, 3, 5, dtype=torch.float64)
+    weight = torch.randn(3, 7, 32, dtype=torch.float64)
+
+    def grads(loss_of) -> list[torch.Tensor]:
+        return list(torch.autograd.grad(loss_of(rim(x)[0]), list(rim.parameters())))
+
+    cases = {
+        "expanded": (lambda out: out.sum(), lambda out: (out * torch.ones_like(out)).sum()),
+        "transposed": (
+            lambda out: (out.transpose(0, 1) * weight).sum(),
+            lambda out: (out * weight.transpose(0, 1).contiguous()).sum(),
+        ),
+    }
+    for what, (strided, contiguous) in cases.items():
+        for a, b in zip(grads(strided), grads(contiguous), strict=True):
+            torch.testing.assert_close(a, b, atol=1e-12, rtol=1e-12, msg=lambda m, what=what: f"{what}: {m}")
+
+
+@needs_native
 def test_empty_cache_frees_the_kept_blocks_and_calls_still_work() -> None:
     rim = RIM(4, num_units=3, unit_size=4, top_k=2, backend="native")
     x = torch.randn(20, 6, 4)

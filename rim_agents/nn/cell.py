@@ -25,7 +25,6 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import torch
-from einops import rearrange
 from torch import Tensor, nn
 
 from rim_agents.nn.attention import CommunicationAttention, InputAttention, uniform_
@@ -158,8 +157,9 @@ class RIMCell(nn.Module):
     def composed_input_weight(self) -> Tensor:
         """``W_v @ W_ih`` of every unit side by side, ``(d, k*g)``: the input-to-gate map of
         a unit that reads with weight 1, one GEMM over all steps and units."""
-        value_weight = self.input_attention.value_weight
-        return rearrange(torch.matmul(value_weight, self.weight_ih), "k d g -> d (k g)")
+        k, v, g = self.weight_ih.shape
+        # One (d, v) @ (v, k*g) matmul: cheaper with autograd than a broadcast batched one.
+        return self.input_attention.value_weight @ self.weight_ih.transpose(0, 1).reshape(v, k * g)
 
     def inference_weights(self) -> tuple[Tensor, StepWeights]:
         """:meth:`composed_input_weight` and :meth:`step_weights` for calls without autograd.

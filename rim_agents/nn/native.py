@@ -222,7 +222,7 @@ class _RimLayer(torch.autograd.Function):
             units, batch, size = args.h0.shape
             grad_output = args.h0.new_zeros(args.keys.shape[0], batch, units * size)
         grads = _build().backward(
-            grad_output.contiguous(),
+            grad_output,  # read through its strides (a sum's gradient arrives expanded)
             zeros if grad_h is None else grad_h.contiguous(),
             zeros if grad_c is None else grad_c.contiguous(),
             buffers,

@@ -732,7 +732,10 @@ std::vector<Tensor> backward_impl(const Dims& d, const Tensor& grad_out_t, const
   std::vector<T> dqkvt(d.comm ? K * N * W : 0), dread_all(d.comm ? K * N * R : 0), ds_all(L * K * N);
   const int size = team_size(d);
 
+  // The output's gradient is read through its strides: the gradient of a sum or mean of
+  // the output arrives expanded (stride 0), and copying it out costs more than reading it.
   const T* gout = grad_out_t.data_ptr<T>();
+  const int64_t gs0 = grad_out_t.stride(0), gs1 = grad_out_t.stride(1), gs2 = grad_out_t.stride(2);
   const T* keys_p = keys.data_ptr<T>();
   const T* x_p = x_t.data_ptr<T>();
   const T* keep = ptr_or_null<T>(keep_t);
@@ -790,10 +793,15 @@ std::vector<Tensor> backward_impl(const Dims& d, const Tensor& grad_out_t, const
       // dh: gradient of the state leaving step t (its output, and what step t+1 read).
       for (int64_t k = k0; k < k1; ++k) {
         for (int64_t n = 0; n < N; ++n) {
-          const T* g = gout + (t * N + n) * K * H + k * H;
+          const T* g = gout + t * gs0 + n * gs1 + k * H * gs2;
           T* dst = dh_p + (k * N + n) * H;
           T* d1 = dh1.data() + (k * N + n) * H;
-          for (int64_t i = 0; i < H; ++i) d1[i] = dst[i] += g[i];
+          if (gs2 == 1) {
+#pragma omp simd
+            for (int64_t i = 0; i < H; ++i) d1[i] = dst[i] += g[i];
+          } else {
+            for (int64_t i = 0; i < H; ++i) d1[i] = dst[i] += g[i * gs2];
+          }
         }
       }
       if (d.comm) {
@@ -1058,13 +1066,13 @@ Dims make_dims(const Tensor& x, const Tensor& w_in, const Tensor& h0, const Tens
 
 Tensor opt(const c10::optional<Tensor>& t) { return t.has_value() ? *t : Tensor(); }
 
-void check_inputs(const std::vector<Tensor>& tensors, const Tensor& like) {
+void check_inputs(const std::vector<Tensor>& tensors, const Tensor& like, bool contiguous = true) {
   for (const auto& t : tensors) {
     if (!t.defined()) continue;
     TORCH_CHECK(t.device().is_cpu(), "rim_layer: every tensor must be on the CPU");
     TORCH_CHECK(t.scalar_type() == like.scalar_type(), "rim_layer: every tensor must have dtype ",
                 like.scalar_type(), ", got ", t.scalar_type());
-    TORCH_CHECK(t.is_contiguous(), "rim_layer: every tensor must be contiguous");
+    TORCH_CHECK(!contiguous || t.is_contiguous(), "rim_layer: every tensor must be contiguous");
   }
 }
 
@@ -1105,7 +1113,9 @@ std::vector<Tensor> rim_layer_backward(const Tensor& grad_out, const Tensor& gra
                                        const c10::optional<Tensor>& out_b, const c10::optional<Tensor>& comm_mask,
                                        int64_t top_k, bool lstm, int64_t heads, int64_t key_size,
                                        int64_t value_size) {
-  check_inputs({grad_out, grad_hn, grad_cn}, keys);
+  check_inputs({grad_hn, grad_cn}, keys);
+  check_inputs({grad_out}, keys, false);  // read through its strides
+  TORCH_CHECK(grad_out.dim() == 3, "rim_layer: grad_out must be (L, N, K*H)");
   const Dims d = make_dims(x, w_in, h0, keys, qkv_w, out_b, top_k, lstm, heads, key_size, value_size);
   at::NoGradGuard no_grad;
   OneBlasThread one_thread;
