@@ -293,4 +293,7 @@ def test_threads_split_the_units_with_bitwise_the_same_result(config: dict, dtyp
     reference = runs["torch", 2]
     assert torch.equal(reference[3], one[3])
     for a, b in zip([*reference[:3], *reference[4]], [*one[:3], *one[4]], strict=True):
-        _close(b, a, f"{config}")
+        # Gradients here reach 170 (units of 64, 512 rows), where one float32 ulp is 1.5e-5:
+        # 1e-5 relative to the tensor's largest entry, not to each (possibly cancelled) entry.
+        scale = max(1.0, a.abs().max().item())
+        torch.testing.assert_close(b, a, atol=1e-5 * scale, rtol=1e-5, msg=lambda m: f"{config}: {m}")

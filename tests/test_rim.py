@@ -227,7 +227,8 @@ def test_linear_read_lets_the_hidden_state_grow_until_it_is_not_finite():
     # already hold earlier reads, so above some gain the state grows geometrically.
     peaks = _run_with_loud_communication("linear", 3.0)
     assert peaks[:10].max() < 100.0
-    assert peaks[-10:].min() > 1e20
+    late = peaks[-10:]
+    assert ((late > 1e20) | ~torch.isfinite(late)).all()  # huge, or already overflowed (inf, nan)
     assert not torch.isfinite(_run_with_loud_communication("linear", 5.0)[-10:]).any()
 
 

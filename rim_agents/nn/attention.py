@@ -74,7 +74,21 @@ class InputAttention(nn.Module):
         ``(..., d) -> (..., a*e)``. Summing ``q * key`` over ``a*e`` then equals
         ``mean_a(q_a . k_a / sqrt(e))``, the score the paper averages over heads.
         """
-        return x @ self.key_weight * (1.0 / (self.heads * math.sqrt(self.key_size)))
+        return x @ self.key_weight * self.score_scale
+
+    @property
+    def score_scale(self) -> float:
+        """``1 / (a * sqrt(e))``: the heads' mean of scaled dot products as one dot product."""
+        return 1.0 / (self.heads * math.sqrt(self.key_size))
+
+    def folded_query_weight(self) -> Tensor:
+        """The query map with the key map folded in, ``(k, h, d)``.
+
+        The score is bilinear in the unit's state and the input, ``h W_q (x W_k)^T s``, so
+        ``h @ (W_q W_k^T s)`` dotted with ``x`` itself is the same score, with no input
+        keys to project. Cheaper where ``d <= a*e``.
+        """
+        return self.query_weight @ (self.key_weight.t() * self.score_scale)
 
     def select(
         self, query: Tensor, keys: Tensor, top_k: int, mask: Tensor | None = None

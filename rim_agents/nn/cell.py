@@ -17,7 +17,8 @@ Symbols:
     l - sequence length          k - units (``num_units``)
     n - batch                    h - unit size
     d - input features           g - gate width (4h for LSTM, 3h for GRU)
-    v - input value size         q - input query width (heads * key size)
+    v - input value size         q - input query width (heads * key size, or d where the
+                                     key map is folded into the queries: ``folds_keys``)
 """
 
 from __future__ import annotations
@@ -149,8 +150,19 @@ class RIMCell(nn.Module):
             gates = gates.transpose(0, 1).reshape(l, n, k, -1)  # -> l n k g
         return PreparedInput(keys, gates)
 
+    @property
+    def folds_keys(self) -> bool:
+        """Whether the input-attention scores read the input itself, with the key map
+        folded into the queries (:meth:`InputAttention.folded_query_weight`): where the
+        input is no wider than the keys, ``d <= q``. The same scores either way."""
+        attention = self.input_attention
+        return attention.key_weight.shape[0] <= attention.key_weight.shape[1]
+
     def input_keys(self, x: Tensor) -> Tensor:
-        """The input-attention keys of every step, ``(l, n, d) -> (l, n, q)``."""
+        """The input-attention keys of every step, ``(l, n, d) -> (l, n, q)``: ``x`` itself
+        where the key map is folded into the queries (``q = d``, see :attr:`folds_keys`)."""
+        if self.folds_keys:
+            return x
         l, n, d = x.shape
         return self.input_attention.keys(x.reshape(l * n, d)).view(l, n, -1)
 
@@ -170,7 +182,7 @@ class RIMCell(nn.Module):
         ``load_state_dict`` bump a tensor's version counter).
         """
         attention = self.input_attention
-        used = (attention.value_weight, attention.query_weight, self.weight_ih, self.weight_hh)
+        used = (attention.value_weight, attention.query_weight, attention.key_weight, self.weight_ih, self.weight_hh)
         key = tuple((id(p), p.data_ptr(), p._version) for p in (*used, self.bias_ih, self.bias_hh))
         if self._inference_cache is None or self._inference_cache[0] != key:
             with torch.no_grad():
@@ -200,7 +212,8 @@ class RIMCell(nn.Module):
 
     def step_weights(self) -> StepWeights:
         """Gate and query weights side by side, and their bias (zero for the queries)."""
-        query = self.input_attention.query_weight
+        attention = self.input_attention
+        query = attention.folded_query_weight() if self.folds_keys else attention.query_weight
         recurrent = torch.cat([self.weight_hh, query], dim=-1)
         # LSTM: both biases add outside the gates, so fold them into the recurrent matmul.
         # GRU: b_hn sits inside r * (W_hn h + b_hn); b_ih is added with the input term.
