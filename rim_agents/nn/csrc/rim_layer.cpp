@@ -81,6 +81,9 @@ namespace avx512 {
 template <int MR, int NV>
 inline void tile(int64_t K, const float* a, int64_t rsa, int64_t csa, const float* b, int64_t ldb, float* c,
                  int64_t ldc, bool accumulate, __mmask16 last) {
+  // Masked loads and stores only where the last block is partial: a masked store cannot be
+  // forwarded to a later load of the same data, which then waits for the store to retire.
+  const bool partial = last != __mmask16(0xFFFF);
   __m512 acc[MR][NV];
 #pragma GCC unroll 16
   for (int r = 0; r < MR; ++r) {
@@ -92,7 +95,7 @@ inline void tile(int64_t K, const float* a, int64_t rsa, int64_t csa, const floa
 #pragma GCC unroll 16
     for (int j = 0; j < NV; ++j) {
       const float* row = b + k * ldb + 16 * j;
-      bv[j] = j == NV - 1 ? _mm512_maskz_loadu_ps(last, row) : _mm512_loadu_ps(row);
+      bv[j] = j == NV - 1 && partial ? _mm512_maskz_loadu_ps(last, row) : _mm512_loadu_ps(row);
     }
 #pragma GCC unroll 16
     for (int r = 0; r < MR; ++r) {
@@ -106,10 +109,13 @@ inline void tile(int64_t K, const float* a, int64_t rsa, int64_t csa, const floa
 #pragma GCC unroll 16
     for (int j = 0; j < NV; ++j) {
       float* out = c + r * ldc + 16 * j;
-      const __mmask16 mask = j == NV - 1 ? last : __mmask16(0xFFFF);
-      __m512 v = acc[r][j];
-      if (accumulate) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(mask, out));
-      _mm512_mask_storeu_ps(out, mask, v);
+      if (j == NV - 1 && partial) {
+        __m512 v = acc[r][j];
+        if (accumulate) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(last, out));
+        _mm512_mask_storeu_ps(out, last, v);
+      } else {
+        _mm512_storeu_ps(out, accumulate ? _mm512_add_ps(acc[r][j], _mm512_loadu_ps(out)) : acc[r][j]);
+      }
     }
   }
 }
@@ -239,7 +245,30 @@ inline void weighted_sum(T* out, const T* w, const T* rows, int64_t stride, int6
   }
 }
 
+// y[e] += a * x[e] for e < n.
+template <typename T>
+inline void axpy(T* y, T a, const T* x, int64_t n) {
+#pragma omp simd
+  for (int64_t e = 0; e < n; ++e) y[e] += a * x[e];
+}
+
 #if defined(__AVX512F__)
+// Float: full 16-wide blocks unmasked, the tail masked. (A masked store cannot be forwarded
+// to a later load of the same row, which then waits for the store to retire: the next unit
+// adds to the same rows.)
+inline __mmask16 tail_mask(int64_t rest) { return rest >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << rest) - 1); }
+
+template <>
+inline void axpy<float>(float* y, float a, const float* x, int64_t n) {
+  const __m512 av = _mm512_set1_ps(a);
+  int64_t e = 0;
+  for (; e + 16 <= n; e += 16) _mm512_storeu_ps(y + e, _mm512_fmadd_ps(av, _mm512_loadu_ps(x + e), _mm512_loadu_ps(y + e)));
+  if (e < n) {
+    const __mmask16 m = tail_mask(n - e);
+    _mm512_mask_storeu_ps(y + e, m, _mm512_fmadd_ps(av, _mm512_maskz_loadu_ps(m, x + e), _mm512_maskz_loadu_ps(m, y + e)));
+  }
+}
+
 // The float versions keep each 16-wide block of the sum in a register over all rows (the
 // generic loop above adds in memory, where each row waits on the previous row's store, and
 // the compiler vectorizes the dot product's short rows poorly).
@@ -249,7 +278,7 @@ inline float dot<float>(const float* a, const float* b, int64_t n) {
   int64_t i = 0;
   for (; i + 16 <= n; i += 16) acc = _mm512_fmadd_ps(_mm512_loadu_ps(a + i), _mm512_loadu_ps(b + i), acc);
   if (i < n) {
-    const __mmask16 m = __mmask16((1u << (n - i)) - 1);
+    const __mmask16 m = tail_mask(n - i);
     acc = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, a + i), _mm512_maskz_loadu_ps(m, b + i), acc);
   }
   return _mm512_reduce_add_ps(acc);
@@ -258,8 +287,16 @@ inline float dot<float>(const float* a, const float* b, int64_t n) {
 template <>
 inline void weighted_sum<float>(float* out, const float* w, const float* rows, int64_t stride, int64_t count,
                                 int64_t n, bool accumulate) {
-  for (int64_t e = 0; e < n; e += 16) {
-    const __mmask16 m = n - e >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << (n - e)) - 1);
+  int64_t e = 0;
+  for (; e + 16 <= n; e += 16) {
+    __m512 acc = accumulate ? _mm512_loadu_ps(out + e) : _mm512_setzero_ps();
+    for (int64_t j = 0; j < count; ++j) {
+      acc = _mm512_fmadd_ps(_mm512_set1_ps(w[j]), _mm512_loadu_ps(rows + j * stride + e), acc);
+    }
+    _mm512_storeu_ps(out + e, acc);
+  }
+  if (e < n) {
+    const __mmask16 m = tail_mask(n - e);
     __m512 acc = accumulate ? _mm512_maskz_loadu_ps(m, out + e) : _mm512_setzero_ps();
     for (int64_t j = 0; j < count; ++j) {
       acc = _mm512_fmadd_ps(_mm512_set1_ps(w[j]), _mm512_maskz_loadu_ps(m, rows + j * stride + e), acc);
@@ -268,6 +305,40 @@ inline void weighted_sum<float>(float* out, const float* w, const float* rows, i
   }
 }
 #endif
+
+// Scratch rows aligned to cache lines (64 bytes), as the saved buffers are: a 64-byte
+// vector load or store that straddles two lines costs two accesses, and a store split so
+// cannot be forwarded to the load that reads it back (the next unit's update of the same
+// row), which then waits for the store to retire. Measured: unaligned scratch rows made
+// the attention's backward 2x slower (docs/native.md).
+template <typename T>
+struct CacheLineAllocator {
+  using value_type = T;
+  CacheLineAllocator() = default;
+  template <typename U>
+  CacheLineAllocator(const CacheLineAllocator<U>&) {}
+  T* allocate(size_t n) {
+    void* p = std::aligned_alloc(64, (n * sizeof(T) + 63) / 64 * 64);
+    if (p == nullptr) throw std::bad_alloc();
+    return static_cast<T*>(p);
+  }
+  void deallocate(T* p, size_t) { std::free(p); }
+  template <typename U>
+  bool operator==(const CacheLineAllocator<U>&) const { return true; }
+  template <typename U>
+  bool operator!=(const CacheLineAllocator<U>&) const { return false; }
+};
+
+template <typename T>
+using Rows = std::vector<T, CacheLineAllocator<T>>;
+
+// Ask for the cache lines of [p, p + bytes) ahead of their use. The backward reads what
+// the forward saved long before (out of cache by then) in an order the hardware
+// prefetcher does not follow (docs/native.md).
+inline void prefetch(const void* p, int64_t bytes) {
+  const char* c = static_cast<const char*>(p);
+  for (int64_t i = 0; i < bytes; i += 64) __builtin_prefetch(c + i);
+}
 
 // Buffers saved for the backward come from a cache of freed blocks. Their shapes recur
 // call after call, and a fresh allocation this large is mapped and page-faulted in each
@@ -482,7 +553,9 @@ std::vector<Tensor> forward_impl(const Dims& d, const Tensor& keys, const Tensor
   Tensor query = cached_empty({L, K, N, Q}, opts);
   Tensor active = cached_empty({L, K, N}, opts.dtype(at::kBool));
   Tensor h1 = cached_empty({d.comm ? K : 0, L, N, H}, opts);  // communication input
-  Tensor qkv = cached_empty({d.comm ? L : 0, K, N, W}, opts);
+  // Sample-major, (L, N, K, W): the attention reads all units' rows of one sample, which
+  // then lie side by side (the backward streams them back from memory; docs/native.md).
+  Tensor qkv = cached_empty({d.comm ? L : 0, N, K, W}, opts);
   Tensor att = cached_empty({d.comm ? L : 0, N, A, K, K}, opts);  // softmax, before dropout
   Tensor read = cached_empty({d.comm ? K : 0, L, N, R}, opts);
   Tensor pact = cached_empty({d.comm && d.gated ? L : 0, K, N, 2 * H}, opts);  // tanh(out), sigmoid(gate)
@@ -517,14 +590,14 @@ std::vector<Tensor> forward_impl(const Dims& d, const Tensor& keys, const Tensor
   T* h_p = h.data_ptr<T>();
   T* c_p = c.data_ptr<T>();
   const T inv_sqrt_e = T(1) / std::sqrt(T(E));
-  std::vector<T> scores(2 * K * N);  // by step parity: one member may rank step t while another scores t+1
+  Rows<T> scores(2 * K * N);  // by step parity: one member may rank step t while another scores t+1
   const int size = team_size(d);
 
   // Member `member` of `members` owns units [k0, k1): their resets, queries, updates, qkv and
   // reads. Barriers: all scores before the ranking, all qkv before the attention.
   auto body = [&](int member, int members) {
     const int64_t k0 = K * member / members, k1 = K * (member + 1) / members;
-    std::vector<T> gbuf(N * G), xbuf(N * G), hrows(N * H), xrows(N * D), pbuf(N * O), gathered(N * R), logits(K);
+    Rows<T> gbuf(N * G), xbuf(N * G), hrows(N * H), xrows(N * D), pbuf(N * O), gathered(N * R), logits(K);
     std::vector<int64_t> rows(N);
     for (int64_t t = 0; t < L; ++t) {
       T* score = scores.data() + (t % 2) * K * N;
@@ -622,11 +695,11 @@ std::vector<Tensor> forward_impl(const Dims& d, const Tensor& keys, const Tensor
         }
       }
       if (d.comm) {
-        // Query, key and value of each unit from its state after the update.
+        // Query, key and value of each unit from its state after the update (rows n*K + k).
         T* qkv_t = qkv_p + t * K * N * W;
         for (int64_t k = k0; k < k1; ++k) {
           std::memcpy(h1_p + (k * L + t) * N * H, h_p + k * N * H, N * H * sizeof(T));
-          mm<T>(false, N, W, H, h_p + k * N * H, qkvw_p + k * H * W, false, qkv_t + k * N * W);
+          mm_ld<T>(false, N, W, H, h_p + k * N * H, H, qkvw_p + k * H * W, W, false, qkv_t + k * W, K * W);
         }
         Team::instance().barrier(members);
         // Reads of the active units only (an inactive unit's read is never added); the
@@ -639,10 +712,10 @@ std::vector<Tensor> forward_impl(const Dims& d, const Tensor& keys, const Tensor
             for (int64_t a = 0; a < A; ++a) {
               T* att_row = att_p + (((t * N + n) * A + a) * K + k) * K;
               const T* mask_row = comm_mask ? comm_mask + (((t * N + n) * A + a) * K + k) * K : nullptr;
-              const T* q = qkv_t + (k * N + n) * W + a * E;
+              const T* q = qkv_t + (n * K + k) * W + a * E;
               T top = -INFINITY;
               for (int64_t j = 0; j < K; ++j) {
-                logits[j] = dot(q, qkv_t + (j * N + n) * W + A * E + a * E, E) * inv_sqrt_e;
+                logits[j] = dot(q, qkv_t + (n * K + j) * W + A * E + a * E, E) * inv_sqrt_e;
                 top = std::max(top, logits[j]);
               }
               T sum = 0;
@@ -653,7 +726,7 @@ std::vector<Tensor> forward_impl(const Dims& d, const Tensor& keys, const Tensor
                 logits[j] = mask_row ? p * mask_row[j] : p;  // the weight after dropout
               }
               // The read, sum_j p_j v_j (unit j's value at + j * N * W).
-              weighted_sum(rd + a * V, logits.data(), qkv_t + n * W + 2 * A * E + a * V, N * W, K, V, false);
+              weighted_sum(rd + a * V, logits.data(), qkv_t + n * K * W + 2 * A * E + a * V, W, K, V, false);
             }
           }
         }
@@ -728,8 +801,8 @@ std::vector<Tensor> backward_impl(const Dims& d, const Tensor& grad_out_t, const
   Tensor dc = d.lstm ? grad_cn.clone() : at::zeros_like(grad_hn);
   // Shared between members: per unit (dh1, dhp, dcp; dqkvt and dread_all by unit rows)
   // or per step (ds_all, the input-attention score gradients, folded into dkeys at the end).
-  std::vector<T> dh1(K * N * H), dhp(K * N * H), dcp(K * N * H);
-  std::vector<T> dqkvt(d.comm ? K * N * W : 0), dread_all(d.comm ? K * N * R : 0), ds_all(L * K * N);
+  Rows<T> dh1(K * N * H), dhp(K * N * H), dcp(K * N * H);
+  Rows<T> dqkvt(d.comm ? K * N * W : 0), dread_all(d.comm ? K * N * R : 0), ds_all(L * K * N);
   const int size = team_size(d);
 
   // The output's gradient is read through its strides: the gradient of a sum or mean of
@@ -763,7 +836,7 @@ std::vector<Tensor> backward_impl(const Dims& d, const Tensor& grad_out_t, const
   T* dkeys_p = dkeys.data_ptr<T>();
   T* dxu_p = dx_units.data_ptr<T>();
   T* dwin_p = dw_in.data_ptr<T>();
-  T* dqkv_p = d.comm ? dqkvt.data() : nullptr;  // this step's (K, N, W)
+  T* dqkv_p = d.comm ? dqkvt.data() : nullptr;  // this step's (N, K, W)
   const T* h1_p = d.comm ? h1.data_ptr<T>() : nullptr;
   const T* read_p = d.comm ? read.data_ptr<T>() : nullptr;
   T* dwr_p = dw_rec.data_ptr<T>();
@@ -784,9 +857,9 @@ std::vector<Tensor> backward_impl(const Dims& d, const Tensor& grad_out_t, const
   auto body = [&](int member, int members) {
     const int64_t k0 = K * member / members, k1 = K * (member + 1) / members;
     const int64_t n0 = N * member / members, n1 = N * (member + 1) / members;
-    std::vector<T> dread(N * R), gathered(N * O), dattd(K);
-    std::vector<T> dgc(N * G), dxc(d.lstm ? 0 : N * G), dq_rows(N * Q), hrows(N * H), hgrad(N * H);
-    std::vector<T> xrows(N * D), ubuf(N * D), read_rows(d.comm ? N * R : 0);
+    Rows<T> dread(N * R), gathered(N * O), dattd(K);
+    Rows<T> dgc(N * G), dxc(d.lstm ? 0 : N * G), dq_rows(N * Q), hrows(N * H), hgrad(N * H);
+    Rows<T> xrows(N * D), ubuf(N * D), read_rows(d.comm ? N * R : 0);
     std::vector<int64_t> rows(N);
     for (int64_t t = L - 1; t >= 0; --t) {
       const bool* act_t = active_p + t * K * N;
@@ -807,8 +880,7 @@ std::vector<Tensor> backward_impl(const Dims& d, const Tensor& grad_out_t, const
       if (d.comm) {
         const T* qkv_t = qkv_p + t * K * N * W;
         for (int64_t k = k0; k < k1; ++k) {
-          T* dqkv_kt = dqkv_p + k * N * W;
-          std::fill(dqkv_kt, dqkv_kt + N * W, T(0));
+          for (int64_t n = 0; n < N; ++n) std::fill_n(dqkv_p + (n * K + k) * W, W, T(0));
         }
         for (int64_t k = k0; k < k1; ++k) {
           // The read of the active rows: h2 = h1 + f(read @ out_w + out_b), gathered.
@@ -846,6 +918,7 @@ std::vector<Tensor> backward_impl(const Dims& d, const Tensor& grad_out_t, const
         }
         Team::instance().barrier(members);
         for (int64_t n = n0; n < n1; ++n) {
+          if (n + 2 < n1) prefetch(qkv_t + (n + 2) * K * W, K * W * sizeof(T));
           for (int64_t k = 0; k < K; ++k) {
             if (!act_t[k * N + n]) continue;
             for (int64_t a = 0; a < A; ++a) {
@@ -857,30 +930,24 @@ std::vector<Tensor> backward_impl(const Dims& d, const Tensor& grad_out_t, const
               for (int64_t j = 0; j < K; ++j) {
                 const T mj = mask_row ? mask_row[j] : T(1);
                 const T pd = att_row[j] * mj;
-                T* dv = dqkv_p + (j * N + n) * W + 2 * A * E + a * V;
-#pragma omp simd
-                for (int64_t e = 0; e < V; ++e) dv[e] += pd * dr[e];
-                dattd[j] = dot(dr, qkv_t + (j * N + n) * W + 2 * A * E + a * V, V) * mj;
+                axpy(dqkv_p + (n * K + j) * W + 2 * A * E + a * V, pd, dr, V);
+                dattd[j] = dot(dr, qkv_t + (n * K + j) * W + 2 * A * E + a * V, V) * mj;
                 total += att_row[j] * dattd[j];
               }
               // Softmax and the scaled dot products: the query's gradient is a weighted sum
               // of the units' keys (unit j's at + j * N * W).
               for (int64_t j = 0; j < K; ++j) dattd[j] = att_row[j] * (dattd[j] - total) * inv_sqrt_e;
-              const T* q = qkv_t + (k * N + n) * W + a * E;
-              T* dq = dqkv_p + (k * N + n) * W + a * E;
-              weighted_sum(dq, dattd.data(), qkv_t + n * W + A * E + a * E, N * W, K, E, true);
-              for (int64_t j = 0; j < K; ++j) {
-                T* dk = dqkv_p + (j * N + n) * W + A * E + a * E;
-#pragma omp simd
-                for (int64_t e = 0; e < E; ++e) dk[e] += dattd[j] * q[e];
-              }
+              const T* q = qkv_t + (n * K + k) * W + a * E;
+              T* dq = dqkv_p + (n * K + k) * W + a * E;
+              weighted_sum(dq, dattd.data(), qkv_t + n * K * W + A * E + a * E, W, K, E, true);
+              for (int64_t j = 0; j < K; ++j) axpy(dqkv_p + (n * K + j) * W + A * E + a * E, dattd[j], q, E);
             }
           }
         }
         Team::instance().barrier(members);
         for (int64_t k = k0; k < k1; ++k) {
-          mm<T>(false, N, H, W, dqkv_p + k * N * W, qkvwt_p + k * W * H, true, dh1.data() + k * N * H);
-          mm<T>(true, H, W, N, h1_p + (k * L + t) * N * H, dqkv_p + k * N * W, true, dqkvw_p + k * H * W);
+          mm_ld<T>(false, N, H, W, dqkv_p + k * W, K * W, qkvwt_p + k * W * H, H, true, dh1.data() + k * N * H, H);
+          mm_ld<T>(true, H, W, N, h1_p + (k * L + t) * N * H, H, dqkv_p + k * W, K * W, true, dqkvw_p + k * H * W, W);
         }
       }
       // Unit dynamics: h1 = active ? h_new : h, c = active ? c_new : c. The gate gradients
