@@ -221,6 +221,15 @@ def test_without_the_extension_auto_warns_once_and_runs_the_pytorch_path(tmp_pat
 
 
 @needs_native
+def test_the_composed_input_weight_matches_the_cells_and_passes_gradcheck() -> None:
+    torch.manual_seed(0)
+    cell = RIM(5, num_units=3, unit_size=4, top_k=2, input_value_size=6).double().layers[0]
+    value_weight, weight_ih = cell.input_attention.value_weight, cell.weight_ih
+    torch.testing.assert_close(native.compose(value_weight, weight_ih), cell.composed_input_weight())
+    assert torch.autograd.gradcheck(native.compose, (value_weight, weight_ih))
+
+
+@needs_native
 def test_the_output_gradient_is_read_through_its_strides() -> None:
     # A sum's gradient arrives expanded (stride 0), a transposed loss's with permuted
     # strides; the op reads both in place and must match a contiguous copy of them.

@@ -248,6 +248,29 @@ class _RimLayer(torch.autograd.Function):
         )
 
 
+class _Compose(torch.autograd.Function):
+    """``value_weight (D, V) @ weight_ih[k] (V, G)`` for every unit k, side by side: ``(D, K*G)``."""
+
+    @staticmethod
+    def forward(ctx: Any, value_weight: Tensor, weight_ih: Tensor) -> Tensor:  # type: ignore[override]
+        value_weight, weight_ih = value_weight.contiguous(), weight_ih.contiguous()
+        ctx.save_for_backward(value_weight, weight_ih)
+        return _build().compose_forward(value_weight, weight_ih)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, Tensor]:
+        value_weight, weight_ih = ctx.saved_tensors
+        d_value, d_weight_ih = _build().compose_backward(grad.contiguous(), value_weight, weight_ih)
+        return d_value, d_weight_ih
+
+
+def compose(value_weight: Tensor, weight_ih: Tensor) -> Tensor:
+    """:meth:`RIMCell.composed_input_weight` computed by the native op (its matmuls, forward
+    and backward): ``(D, V)``, ``(K, V, G)`` -> ``(D, K*G)``."""
+    return _Compose.apply(value_weight, weight_ih)
+
+
 def run_layer(config: LayerConfig, inputs: LayerInputs) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """One layer over the sequence: ``output (L, N, K*H)``, ``h_n``, ``c_n`` ``(K, N, H)``,
     ``active (L, K, N)``."""

@@ -428,7 +428,7 @@ def _native_layer(
     inputs = native.LayerInputs(
         keys=layer.input_keys(x),
         x=x,
-        w_in=layer.composed_input_weight() if composed is None else composed,
+        w_in=native.compose(layer.input_attention.value_weight, layer.weight_ih) if composed is None else composed,
         h0=h,
         c0=c,
         keep=keep,
