@@ -719,7 +719,7 @@ std::vector<Tensor> forward_impl(const Dims& d, const Tensor& keys, const Tensor
                 top = std::max(top, logits[j]);
               }
               T sum = 0;
-              for (int64_t j = 0; j < K; ++j) sum += (logits[j] = std::exp(logits[j] - top));
+              for (int64_t j = 0; j < K; ++j) sum += (logits[j] = exp_(logits[j] - top));
               for (int64_t j = 0; j < K; ++j) {
                 const T p = logits[j] / sum;
                 att_row[j] = p;
