@@ -182,7 +182,10 @@ class RIMCell(nn.Module):
         ``load_state_dict`` bump a tensor's version counter).
         """
         attention = self.input_attention
-        used = (attention.value_weight, attention.query_weight, attention.key_weight, self.weight_ih, self.weight_hh)
+        used = (
+            *(attention.value_weight, attention.query_weight, attention.key_weight),
+            *(self.weight_ih, self.weight_hh),
+        )
         key = tuple((id(p), p.data_ptr(), p._version) for p in (*used, self.bias_ih, self.bias_hh))
         if self._inference_cache is None or self._inference_cache[0] != key:
             with torch.no_grad():

@@ -418,6 +418,8 @@ def _native_layer(
     The op forms the input-to-gate terms itself, for the active units' rows only, from
     ``x`` and the composed input weight."""
     comm = layer.communication
+    if composed is None:
+        composed = native.compose(layer.input_attention.value_weight, layer.weight_ih)
     config = native.LayerConfig(
         top_k=layer.top_k,
         lstm=layer.cell == "lstm",
@@ -428,7 +430,7 @@ def _native_layer(
     inputs = native.LayerInputs(
         keys=layer.input_keys(x),
         x=x,
-        w_in=native.compose(layer.input_attention.value_weight, layer.weight_ih) if composed is None else composed,
+        w_in=composed,
         h0=h,
         c0=c,
         keep=keep,
