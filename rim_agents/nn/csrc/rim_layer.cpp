@@ -8,13 +8,15 @@
 // The backward runs the same loop in reverse and returns the gradient of every input;
 // weight gradients are accumulated step by step, so no sequence-long gradient buffers.
 //
-// The matmuls call the BLAS that libtorch_cpu exports (MKL's sgemm_/dgemm_ on x86
-// wheels), declared weak: where a build of torch has none, `has_blas()` is false and the
-// Python side does not pick this backend. Everything else is plain loops over
-// contiguous memory, so one step costs a handful of BLAS calls and no allocations.
+// Float matmuls run this file's AVX-512 kernel where the build has AVX-512F; the others
+// call the BLAS that libtorch_cpu exports (MKL's sgemm_/dgemm_ on x86 wheels), declared
+// weak: where a build of torch has none, `has_blas()` is false and the Python side does
+// not pick this backend. Everything else is plain loops over contiguous memory, so one
+// step costs a handful of matmuls and no allocations.
 //
-// Symbols: L steps, N batch, D input features, K units, H unit size, G gate width (4H LSTM, 3H GRU),
-// Q query width, A comm heads, E comm key size, V comm value size,
+// Symbols: L steps, N batch, D input features, K units, H unit size,
+// G gate width (4H LSTM, 3H GRU), Q query width (or D: keys folded into the queries),
+// A comm heads, E comm key size, V comm value size,
 // W = A*(2E+V) qkv width, R = A*V read width, O = H (linear read) or 2H (gated read).
 
 #include <torch/extension.h>
