@@ -1,4 +1,5 @@
-"""Confidence intervals for the means the studies, the sweep report and the main job print."""
+"""Confidence intervals for the means the studies, the sweep report and the main job print,
+and the exact test for counts of seeds that did something."""
 
 from __future__ import annotations
 
@@ -19,3 +20,18 @@ def t_half_width(values: Sequence[float], confidence: float = 0.95) -> float | N
 
     quantile = float(stats.t.ppf(0.5 + confidence / 2, len(values) - 1))
     return quantile * statistics.stdev(values) / math.sqrt(len(values))
+
+
+def fisher_exact_p(hits_a: int, total_a: int, hits_b: int, total_b: int) -> float:
+    """Two-sided Fisher exact test of two counts, e.g. seeds that learned a task out of 5.
+
+    :return: the p-value of "both come from the same rate" for ``hits_a`` of ``total_a``
+        against ``hits_b`` of ``total_b``
+    """
+    for hits, total in ((hits_a, total_a), (hits_b, total_b)):
+        if not 0 <= hits <= total:
+            raise ValueError(f"a count must lie in [0, total], got {hits} of {total}")
+    from scipy import stats
+
+    table = [[hits_a, total_a - hits_a], [hits_b, total_b - hits_b]]
+    return float(stats.fisher_exact(table, alternative="two-sided").pvalue)

@@ -265,3 +265,27 @@ def test_every_checked_in_grid_still_resolves(grid: Path) -> None:
     axes, cells = load_grid(grid)
     assert cells and all("env" in cell and set(axes) <= set(cell) for cell in cells)
     assert len({tuple(sorted(map(str, cell.items()))) for cell in cells}) == len(cells)
+
+
+def test_memory_pool_pools_the_parts_and_tests_the_counts(tmp_path) -> None:
+    def part(name: str, seeds: range, rim: list[float], lstm: list[float]) -> Path:
+        rows = [
+            {"policy": policy, "seed": seed, "test_success/S7": value}
+            for policy, values in (("rim", rim), ("lstm", lstm))
+            for seed, value in zip(seeds, values, strict=True)
+        ]
+        path = tmp_path / name
+        path.write_text(json.dumps({"rows": rows}))
+        return path
+
+    first = part("a.json", range(0, 3), [1.0, 1.0, 0.95], [0.5, 1.0, 0.4])
+    second = part("b.json", range(3, 5), [1.0, 0.5], [0.45, 0.5])
+    out = tmp_path / "pooled.json"
+    result = _script("memory_pool.py", first, second, "--policies", "rim", "lstm", "--json", out)
+    assert result.returncode == 0, result.stderr
+    cells = json.loads(out.read_text())["tasks"]["S7"]
+    assert cells["rim"]["seeds"] == [0, 1, 2, 3, 4] and cells["rim"]["solved"] == 4
+    assert cells["lstm"]["solved"] == 1 and cells["lstm"]["mean"] == pytest.approx(0.57)
+    assert cells["fisher_p"] == pytest.approx(0.206, abs=1e-3)  # 4 of 5 against 1 of 5
+    missing = _script("memory_pool.py", first, "--policies", "rim", "ppo")
+    assert missing.returncode == 2 and "no rows of policy ['ppo']" in missing.stderr

@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from rim_agents.stats import t_half_width
+from rim_agents.stats import fisher_exact_p, t_half_width
 
 
 def test_t_half_width_is_the_95_percent_t_quantile_times_the_standard_error() -> None:
@@ -15,3 +15,12 @@ def test_t_half_width_is_the_95_percent_t_quantile_times_the_standard_error() ->
 
 def test_t_half_width_of_a_single_value_is_none() -> None:
     assert t_half_width([0.7]) is None and t_half_width([]) is None
+
+
+def test_fisher_exact_p_matches_the_hypergeometric_sums() -> None:
+    # 5 of 5 against 1 of 5: the tables as or more extreme are (5,1) and (1,5), each
+    # C(5,5) C(5,1) / C(10,6) = 5/210.
+    assert fisher_exact_p(5, 5, 1, 5) == pytest.approx(10 / 210)
+    assert fisher_exact_p(3, 5, 3, 5) == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="count must lie"):
+        fisher_exact_p(6, 5, 1, 5)
