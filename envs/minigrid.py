@@ -25,6 +25,7 @@ writes it to ``info["is_success"]`` at the last step, which SB3 turns into
 
 from __future__ import annotations
 
+import abc
 from typing import Any, SupportsFloat
 
 import gymnasium as gym
@@ -101,7 +102,7 @@ class FirstActions(gym.ActionWrapper):
         return action
 
 
-class MemoryLevelEdit(gym.Wrapper):
+class MemoryLevelEdit(gym.Wrapper, abc.ABC):
     """A change to each level a MiniGrid-Memory task draws, made after its ``reset``.
 
     Subclasses name their ``make_minigrid`` option and :meth:`edit` the level; the first
@@ -127,9 +128,9 @@ class MemoryLevelEdit(gym.Wrapper):
         self.edit(base)
         return base.gen_obs(), info
 
+    @abc.abstractmethod
     def edit(self, base: MemoryEnv) -> None:
         """Change the level ``base`` has just drawn, in place."""
-        raise NotImplementedError
 
 
 class StartAtCue(MemoryLevelEdit):

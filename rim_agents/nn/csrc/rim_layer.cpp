@@ -74,6 +74,10 @@ void blas_gemm<double>(char ta, char tb, int m, int n, int k, double alpha, cons
 // hundred rows and columns). MKL's sgemm runs its AVX2 code on AMD CPUs and copies its
 // operands into packed blocks at every call; at the op's shapes this kernel, which reads
 // them in place, measured 2.1-3.3x its speed (docs/benchmarks.md).
+
+// The lanes of a 16-wide block that hold the `rest` values left in a row (all 16 when
+// rest >= 16).
+inline __mmask16 tail_mask(int64_t rest) { return rest >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << rest) - 1); }
 namespace avx512 {
 
 // C[MR x 16*NV] (+)= A[MR x K] B[K x 16*NV]: MR*NV accumulators stay in registers over the
@@ -149,7 +153,7 @@ inline void gemm(int64_t M, int64_t N, int64_t K, const float* a, int64_t rsa, i
   for (; j + 64 <= N; j += 64) column_block<4>(M, K, a, rsa, csa, b + j, ldb, c + j, ldc, accumulate, 0xFFFF);
   const int64_t rest = N - j;
   if (rest == 0) return;
-  const __mmask16 last = rest % 16 ? __mmask16((1u << (rest % 16)) - 1) : __mmask16(0xFFFF);
+  const __mmask16 last = tail_mask(rest - 16 * ((rest - 1) / 16));  // the last block's columns
   switch ((rest + 15) / 16) {
     case 1: return column_block<1>(M, K, a, rsa, csa, b + j, ldb, c + j, ldc, accumulate, last);
     case 2: return column_block<2>(M, K, a, rsa, csa, b + j, ldb, c + j, ldc, accumulate, last);
@@ -258,7 +262,6 @@ inline void axpy(T* y, T a, const T* x, int64_t n) {
 // Float: full 16-wide blocks unmasked, the tail masked. (A masked store cannot be forwarded
 // to a later load of the same row, which then waits for the store to retire: the next unit
 // adds to the same rows.)
-inline __mmask16 tail_mask(int64_t rest) { return rest >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << rest) - 1); }
 
 template <>
 inline void axpy<float>(float* y, float a, const float* x, int64_t n) {
