@@ -131,6 +131,21 @@ def test_memory_summary_reports_training_and_test_success_per_task_and_policy(
     assert "| MiniGrid-MemoryS7-v0 | rim | 1 | 256 |" in result.stdout
 
 
+def test_memory_summary_evaluates_the_best_model_when_asked(minigrid_runs: Path, tmp_path) -> None:
+    out = tmp_path / "best.json"
+    result = _script(
+        "memory_summary.py", minigrid_runs, "--test-env", "MiniGrid-MemoryS9-v0",
+        "--episodes", 2, "--last", 2, "--model", "best", "--json", out,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    rows = json.loads(out.read_text())["rows"]
+    for row in rows:
+        best = json.loads((minigrid_runs / row["run"] / "best_model.json").read_text())
+        assert row["model"] == "best" and row["model_steps"] == best["num_timesteps"] in (128, 256)
+        assert 0.0 <= row["test_success/MiniGrid-MemoryS9-v0"] <= 1.0
+    assert "best model on MiniGrid-MemoryS9-v0" in result.stdout
+
+
 def _tiny_memory_model(folder: Path, policy: str, env_kwargs: str) -> Path:
     """A MemoryS7 agent trained for 128 steps (2 envs), for the scripts that read saved models."""
     overrides = parse_overrides([f"env_kwargs:{env_kwargs}", "n_steps:64", "batch_size:128"])
