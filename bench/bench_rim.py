@@ -233,9 +233,15 @@ def main() -> None:
     cpu = platform.processor() or platform.machine()
     threads = torch.get_num_threads()
     print(f"torch {torch.__version__}, {device}, {threads} threads, OMP_WAIT_POLICY={omp}, {cpu}")
-    print("command: OMP_WAIT_POLICY=PASSIVE python " + " ".join(sys.argv))
+    cap = os.environ.get(native.SIMD_VARIABLE)
+    prefix = f"{native.SIMD_VARIABLE}={cap} " if cap else ""
+    print(f"command: {prefix}OMP_WAIT_POLICY=PASSIVE python " + " ".join(sys.argv))
     if device.type == "cpu" and native.load() is None:
         print(f"native op unavailable ({native.unavailable_reason()}): the native rows run the PyTorch path")
+    elif device.type == "cpu":
+        level = native.simd_level()
+        matmuls = "the BLAS" if level == "none" else "the op's own kernel"
+        print(f"native op built for {level} vectors (float32 matmuls: {matmuls})")
     ratios: dict[str, float] = {}
 
     if "paper" in args.cases:

@@ -220,6 +220,51 @@ def test_without_the_extension_auto_warns_once_and_runs_the_pytorch_path(tmp_pat
     assert "backend='native' cannot run here" in error and expected in error
 
 
+def test_the_simd_level_is_the_cpus_best_capped_by_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(native.platform, "machine", lambda: "x86_64")
+    monkeypatch.setattr(native, "_cpu_flags", lambda: {"avx2", "fma", "avx512f"})
+    monkeypatch.delenv(native.SIMD_VARIABLE, raising=False)
+    assert native.simd_level() == "avx512" and "-mavx512f" in native.compile_flags()
+    monkeypatch.setenv(native.SIMD_VARIABLE, "AVX2")
+    assert native.simd_level() == "avx2"
+    assert "-mavx2" in native.compile_flags() and "-mavx512f" not in native.compile_flags()
+    monkeypatch.setenv(native.SIMD_VARIABLE, "none")
+    assert not any(flag.startswith("-mavx") for flag in native.compile_flags())
+    monkeypatch.setenv(native.SIMD_VARIABLE, "sse9")
+    with pytest.raises(native.NativeUnavailable, match="'sse9' is not one of none, avx2, avx512"):
+        native.simd_level()
+    monkeypatch.setattr(native, "_cpu_flags", lambda: {"avx2", "fma"})
+    monkeypatch.setenv(native.SIMD_VARIABLE, "avx512")
+    with pytest.raises(native.NativeUnavailable, match="more than this CPU has \\(avx2\\)"):
+        native.simd_level()
+
+
+def _best_simd_level() -> str:
+    saved = os.environ.pop(native.SIMD_VARIABLE, None)
+    try:
+        return native.simd_level()
+    finally:
+        if saved is not None:
+            os.environ[native.SIMD_VARIABLE] = saved
+
+
+@needs_native
+@pytest.mark.parametrize("level", ["avx2", "none"])
+def test_builds_with_narrower_vectors_match_the_pytorch_path(level: str) -> None:
+    """The float matmuls of a CPU without AVX-512 (the kernel at 8 lanes) or without AVX2
+    (the BLAS): this file's agreement tests, rerun on a build capped at that level."""
+    best = _best_simd_level()
+    if native.SIMD_LEVELS.index(level) >= native.SIMD_LEVELS.index(best):
+        pytest.skip(f"this CPU's own build is {best}: the tests above cover it")
+    tests = "random_configurations or plain_reference or composed_input_weight or strides or threads_split"
+    command = [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", __file__, "-k", tests]
+    env = {**os.environ, native.SIMD_VARIABLE: level}
+    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+    summary = result.stdout.strip().splitlines()[-1]
+    assert " passed" in summary and "skipped" not in summary, summary
+
+
 @needs_native
 def test_the_composed_input_weight_matches_the_cells_and_passes_gradcheck() -> None:
     torch.manual_seed(0)

@@ -8,7 +8,8 @@ the torch version, so an edited source or another torch never loads a stale buil
 
 Where it cannot be built (no C++ compiler, no ninja, a torch without an exported BLAS),
 :func:`load` warns once and returns None, and ``RIM(backend="auto")`` runs the PyTorch
-path. ``RIM_AGENTS_NATIVE=0`` in the environment skips the native op without trying.
+path. ``RIM_AGENTS_NATIVE=0`` in the environment skips the native op without trying;
+``RIM_AGENTS_NATIVE_SIMD`` caps its vector instructions (:func:`simd_level`).
 
 Symbols as in ``rim.py``: L steps, N batch, D input features, K units, H unit size, G gate
 width, Q query width.
@@ -34,6 +35,8 @@ from torch import Tensor
 SOURCE = Path(__file__).with_name("csrc") / "rim_layer.cpp"
 DTYPES = (torch.float32, torch.float64)
 DISABLE_VARIABLE = "RIM_AGENTS_NATIVE"
+SIMD_VARIABLE = "RIM_AGENTS_NATIVE_SIMD"
+SIMD_LEVELS = ("none", "avx2", "avx512")
 
 
 class NativeUnavailable(RuntimeError):
@@ -50,19 +53,38 @@ def _cpu_flags() -> set[str]:
     return set(line.partition(":")[2].split())
 
 
+def simd_level() -> str:
+    """The widest vectors the op is built for: ``avx512`` (AVX-512F), ``avx2`` (AVX2 with
+    FMA) or ``none``; the best this CPU has, capped by ``RIM_AGENTS_NATIVE_SIMD``.
+
+    Either vector level runs the float matmuls in the op's own kernel; ``none`` calls the BLAS.
+    The cap builds for an older CPU (a cache shared by several machines) or tests a
+    narrower path; a level above this CPU's is refused, since the build could not run here.
+    """
+    cpu = _cpu_flags() if platform.machine() in ("x86_64", "AMD64") else set()
+    best = "avx512" if {"avx2", "fma", "avx512f"} <= cpu else "avx2" if {"avx2", "fma"} <= cpu else "none"
+    cap = os.environ.get(SIMD_VARIABLE, "").strip().lower()
+    if not cap:
+        return best
+    if cap not in SIMD_LEVELS:
+        raise NativeUnavailable(f"{SIMD_VARIABLE}={cap!r} is not one of {', '.join(SIMD_LEVELS)}")
+    if SIMD_LEVELS.index(cap) > SIMD_LEVELS.index(best):
+        raise NativeUnavailable(f"{SIMD_VARIABLE}={cap} asks for more than this CPU has ({best})")
+    return cap
+
+
 def compile_flags() -> list[str]:
-    """``-O3``, loops free to vectorize, and the vector instructions this CPU has (AVX2 and
-    FMA, and AVX-512F, which switches the float matmuls to the op's own kernel).
+    """``-O3``, loops free to vectorize, and the vector instructions of :func:`simd_level`.
 
     The build is for this machine: its folder name includes these flags, so a cache
     shared with another CPU builds its own copy instead of loading one it cannot run.
     """
     flags = ["-O3", "-fopenmp-simd", "-fno-trapping-math", "-fno-math-errno"]
-    cpu = _cpu_flags() if platform.machine() in ("x86_64", "AMD64") else set()
-    if {"avx2", "fma"} <= cpu:
+    level = simd_level()
+    if level in ("avx2", "avx512"):
         flags += ["-mavx2", "-mfma"]
-        if "avx512f" in cpu:
-            flags += ["-mavx512f"]
+    if level == "avx512":
+        flags += ["-mavx512f"]
     return flags
 
 

@@ -8,8 +8,8 @@
 // The backward runs the same loop in reverse and returns the gradient of every input;
 // weight gradients are accumulated step by step, so no sequence-long gradient buffers.
 //
-// Float matmuls run this file's AVX-512 kernel where the build has AVX-512F; the others
-// call the BLAS that libtorch_cpu exports (MKL's sgemm_/dgemm_ on x86 wheels), declared
+// Float matmuls run this file's SIMD kernel where the build has AVX-512F or AVX2 with FMA;
+// the others call the BLAS that libtorch_cpu exports (MKL's sgemm_/dgemm_ on x86 wheels), declared
 // weak: where a build of torch has none, `has_blas()` is false and the Python side does
 // not pick this backend. Everything else is plain loops over contiguous memory, so one
 // step costs a handful of matmuls and no allocations.
@@ -23,7 +23,7 @@
 
 #include <pthread.h>
 
-#if defined(__AVX512F__)
+#if defined(__AVX512F__) || (defined(__AVX2__) && defined(__FMA__))
 #include <immintrin.h>
 #endif
 
@@ -69,58 +69,104 @@ void blas_gemm<double>(char ta, char tb, int m, int n, int k, double alpha, cons
   dgemm_(&ta, &tb, &m, &n, &k, &alpha, a, &lda, b, &ldb, &beta, c, &ldc);
 }
 
+// Small float matmuls in the widest vectors the build has (AVX-512F, else AVX2 with FMA),
+// for the per-step shapes of the loop (a few to a few hundred rows and columns). MKL's
+// sgemm runs its AVX2 code on AMD CPUs and copies its operands into packed blocks at every
+// call; at the op's shapes this kernel, which reads them in place, measured 2.1-3.3x its
+// speed with AVX-512 (docs/benchmarks.md). One template serves both widths through `Vec`.
 #if defined(__AVX512F__)
-// Small float matmuls with AVX-512, for the per-step shapes of the loop (a few to a few
-// hundred rows and columns). MKL's sgemm runs its AVX2 code on AMD CPUs and copies its
-// operands into packed blocks at every call; at the op's shapes this kernel, which reads
-// them in place, measured 2.1-3.3x its speed (docs/benchmarks.md).
+#define RIM_SIMD 1
+struct Vec {
+  using Reg = __m512;
+  using Mask = __mmask16;
+  static constexpr int kWidth = 16;
+  static constexpr int kBlocks = 4;         // column blocks per tile: 64 columns
+  static constexpr int kAccumulators = 24;  // of 32 registers
+  // The lanes that hold the `rest` values left in a row (all of them when rest >= kWidth).
+  static Mask mask(int64_t rest) { return rest >= 16 ? Mask(0xFFFF) : Mask((1u << rest) - 1); }
+  static Reg zero() { return _mm512_setzero_ps(); }
+  static Reg set1(float a) { return _mm512_set1_ps(a); }
+  static Reg load(const float* p) { return _mm512_loadu_ps(p); }
+  static Reg load(Mask m, const float* p) { return _mm512_maskz_loadu_ps(m, p); }
+  static void store(float* p, Reg v) { _mm512_storeu_ps(p, v); }
+  static void store(Mask m, float* p, Reg v) { _mm512_mask_storeu_ps(p, m, v); }
+  static Reg add(Reg a, Reg b) { return _mm512_add_ps(a, b); }
+  static Reg fmadd(Reg a, Reg b, Reg c) { return _mm512_fmadd_ps(a, b, c); }
+  static float sum(Reg v) { return _mm512_reduce_add_ps(v); }
+};
+#elif defined(__AVX2__) && defined(__FMA__)
+#define RIM_SIMD 1
+struct Vec {
+  using Reg = __m256;
+  using Mask = __m256i;
+  static constexpr int kWidth = 8;
+  static constexpr int kBlocks = 2;         // column blocks per tile: 16 columns
+  static constexpr int kAccumulators = 12;  // of 16 registers
+  static Mask mask(int64_t rest) {
+    const int n = static_cast<int>(std::min<int64_t>(rest, 8));
+    return _mm256_cmpgt_epi32(_mm256_set1_epi32(n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+  }
+  static Reg zero() { return _mm256_setzero_ps(); }
+  static Reg set1(float a) { return _mm256_set1_ps(a); }
+  static Reg load(const float* p) { return _mm256_loadu_ps(p); }
+  static Reg load(Mask m, const float* p) { return _mm256_maskload_ps(p, m); }
+  static void store(float* p, Reg v) { _mm256_storeu_ps(p, v); }
+  static void store(Mask m, float* p, Reg v) { _mm256_maskstore_ps(p, m, v); }
+  static Reg add(Reg a, Reg b) { return _mm256_add_ps(a, b); }
+  static Reg fmadd(Reg a, Reg b, Reg c) { return _mm256_fmadd_ps(a, b, c); }
+  static float sum(Reg v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    return _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)));
+  }
+};
+#endif
 
-// The lanes of a 16-wide block that hold the `rest` values left in a row (all 16 when
-// rest >= 16).
-inline __mmask16 tail_mask(int64_t rest) { return rest >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << rest) - 1); }
-namespace avx512 {
+#if defined(RIM_SIMD)
+namespace simd {
 
-// C[MR x 16*NV] (+)= A[MR x K] B[K x 16*NV]: MR*NV accumulators stay in registers over the
+constexpr int W = Vec::kWidth;
+
+// C[MR x W*NV] (+)= A[MR x K] B[K x W*NV]: MR*NV accumulators stay in registers over the
 // whole K loop. A's element (r, k) is at a[r * rsa + k * csa] (so a transposed A is just
-// other strides); B is row-major with row stride ldb. `last` masks the columns of the
-// last 16-wide block that exist.
+// other strides); B is row-major with row stride ldb. Where `partial`, `last` masks the
+// columns of the last W-wide block that exist.
 template <int MR, int NV>
 inline void tile(int64_t K, const float* a, int64_t rsa, int64_t csa, const float* b, int64_t ldb, float* c,
-                 int64_t ldc, bool accumulate, __mmask16 last) {
+                 int64_t ldc, bool accumulate, bool partial, Vec::Mask last) {
   // Masked loads and stores only where the last block is partial: a masked store cannot be
   // forwarded to a later load of the same data, which then waits for the store to retire.
-  const bool partial = last != __mmask16(0xFFFF);
-  __m512 acc[MR][NV];
+  Vec::Reg acc[MR][NV];
 #pragma GCC unroll 16
   for (int r = 0; r < MR; ++r) {
 #pragma GCC unroll 16
-    for (int j = 0; j < NV; ++j) acc[r][j] = _mm512_setzero_ps();
+    for (int j = 0; j < NV; ++j) acc[r][j] = Vec::zero();
   }
   for (int64_t k = 0; k < K; ++k) {
-    __m512 bv[NV];
+    Vec::Reg bv[NV];
 #pragma GCC unroll 16
     for (int j = 0; j < NV; ++j) {
-      const float* row = b + k * ldb + 16 * j;
-      bv[j] = j == NV - 1 && partial ? _mm512_maskz_loadu_ps(last, row) : _mm512_loadu_ps(row);
+      const float* row = b + k * ldb + W * j;
+      bv[j] = j == NV - 1 && partial ? Vec::load(last, row) : Vec::load(row);
     }
 #pragma GCC unroll 16
     for (int r = 0; r < MR; ++r) {
-      const __m512 av = _mm512_set1_ps(a[r * rsa + k * csa]);
+      const Vec::Reg av = Vec::set1(a[r * rsa + k * csa]);
 #pragma GCC unroll 16
-      for (int j = 0; j < NV; ++j) acc[r][j] = _mm512_fmadd_ps(av, bv[j], acc[r][j]);
+      for (int j = 0; j < NV; ++j) acc[r][j] = Vec::fmadd(av, bv[j], acc[r][j]);
     }
   }
 #pragma GCC unroll 16
   for (int r = 0; r < MR; ++r) {
 #pragma GCC unroll 16
     for (int j = 0; j < NV; ++j) {
-      float* out = c + r * ldc + 16 * j;
+      float* out = c + r * ldc + W * j;
       if (j == NV - 1 && partial) {
-        __m512 v = acc[r][j];
-        if (accumulate) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(last, out));
-        _mm512_mask_storeu_ps(out, last, v);
+        Vec::Reg v = acc[r][j];
+        if (accumulate) v = Vec::add(v, Vec::load(last, out));
+        Vec::store(last, out, v);
       } else {
-        _mm512_storeu_ps(out, accumulate ? _mm512_add_ps(acc[r][j], _mm512_loadu_ps(out)) : acc[r][j]);
+        Vec::store(out, accumulate ? Vec::add(acc[r][j], Vec::load(out)) : acc[r][j]);
       }
     }
   }
@@ -129,53 +175,67 @@ inline void tile(int64_t K, const float* a, int64_t rsa, int64_t csa, const floa
 // The last M % MR rows, as one tile of that height.
 template <int NV, int MR>
 inline void remainder(int64_t m, int64_t K, const float* a, int64_t rsa, int64_t csa, const float* b, int64_t ldb,
-                      float* c, int64_t ldc, bool accumulate, __mmask16 last) {
+                      float* c, int64_t ldc, bool accumulate, bool partial, Vec::Mask last) {
   if constexpr (MR > 0) {
-    if (m == MR) return tile<MR, NV>(K, a, rsa, csa, b, ldb, c, ldc, accumulate, last);
-    remainder<NV, MR - 1>(m, K, a, rsa, csa, b, ldb, c, ldc, accumulate, last);
+    if (m == MR) return tile<MR, NV>(K, a, rsa, csa, b, ldb, c, ldc, accumulate, partial, last);
+    remainder<NV, MR - 1>(m, K, a, rsa, csa, b, ldb, c, ldc, accumulate, partial, last);
   }
 }
 
-// One column block of 16*NV over all M rows, in tiles of MR rows: about 24 accumulators.
+// One column block of W*NV over all M rows, in tiles of MR rows: about kAccumulators
+// accumulators (at most 16 rows).
 template <int NV>
 void column_block(int64_t M, int64_t K, const float* a, int64_t rsa, int64_t csa, const float* b, int64_t ldb,
-                  float* c, int64_t ldc, bool accumulate, __mmask16 last) {
-  constexpr int MR = NV == 4 ? 6 : NV == 3 ? 8 : NV == 2 ? 12 : 16;
+                  float* c, int64_t ldc, bool accumulate, bool partial, Vec::Mask last) {
+  constexpr int MR = std::min(16, Vec::kAccumulators / NV);
   int64_t r = 0;
-  for (; r + MR <= M; r += MR) tile<MR, NV>(K, a + r * rsa, rsa, csa, b, ldb, c + r * ldc, ldc, accumulate, last);
-  remainder<NV, MR - 1>(M - r, K, a + r * rsa, rsa, csa, b, ldb, c + r * ldc, ldc, accumulate, last);
+  for (; r + MR <= M; r += MR) {
+    tile<MR, NV>(K, a + r * rsa, rsa, csa, b, ldb, c + r * ldc, ldc, accumulate, partial, last);
+  }
+  remainder<NV, MR - 1>(M - r, K, a + r * rsa, rsa, csa, b, ldb, c + r * ldc, ldc, accumulate, partial, last);
+}
+
+// The last N % (W * kBlocks) columns: a column block of NV vectors.
+template <int NV>
+inline void last_columns(int64_t blocks, int64_t M, int64_t K, const float* a, int64_t rsa, int64_t csa,
+                         const float* b, int64_t ldb, float* c, int64_t ldc, bool accumulate, bool partial,
+                         Vec::Mask last) {
+  if constexpr (NV > 0) {
+    if (blocks == NV) return column_block<NV>(M, K, a, rsa, csa, b, ldb, c, ldc, accumulate, partial, last);
+    last_columns<NV - 1>(blocks, M, K, a, rsa, csa, b, ldb, c, ldc, accumulate, partial, last);
+  }
 }
 
 // Row-major C (M x N) (+)= A B, A's element (r, k) at a[r * rsa + k * csa], B (K x N).
 inline void gemm(int64_t M, int64_t N, int64_t K, const float* a, int64_t rsa, int64_t csa, const float* b,
                  int64_t ldb, float* c, int64_t ldc, bool accumulate) {
+  constexpr int64_t kColumns = W * Vec::kBlocks;
+  const Vec::Mask full = Vec::mask(W);
   int64_t j = 0;
-  for (; j + 64 <= N; j += 64) column_block<4>(M, K, a, rsa, csa, b + j, ldb, c + j, ldc, accumulate, 0xFFFF);
+  for (; j + kColumns <= N; j += kColumns) {
+    column_block<Vec::kBlocks>(M, K, a, rsa, csa, b + j, ldb, c + j, ldc, accumulate, false, full);
+  }
   const int64_t rest = N - j;
   if (rest == 0) return;
-  const __mmask16 last = tail_mask(rest - 16 * ((rest - 1) / 16));  // the last block's columns
-  switch ((rest + 15) / 16) {
-    case 1: return column_block<1>(M, K, a, rsa, csa, b + j, ldb, c + j, ldc, accumulate, last);
-    case 2: return column_block<2>(M, K, a, rsa, csa, b + j, ldb, c + j, ldc, accumulate, last);
-    case 3: return column_block<3>(M, K, a, rsa, csa, b + j, ldb, c + j, ldc, accumulate, last);
-    default: return column_block<4>(M, K, a, rsa, csa, b + j, ldb, c + j, ldc, accumulate, last);
-  }
+  const int64_t tail = rest - W * ((rest - 1) / W);  // the last block's columns, 1..W
+  last_columns<Vec::kBlocks>((rest + W - 1) / W, M, K, a, rsa, csa, b + j, ldb, c + j, ldc, accumulate, tail < W,
+                             Vec::mask(tail));
 }
 
-}  // namespace avx512
+}  // namespace simd
 #endif
 
 // Row-major C (M x N) = op(A) B, or += with `accumulate`, where op(A) is M x K and B is
 // K x N. A is stored M x K (or K x M when ta), B is stored K x N. lda, ldb, ldc: the row
-// strides of A, B and C as stored. Float runs the AVX-512 kernel above where the build
-// has it; otherwise the BLAS, which is column-major: C^T = B^T op(A)^T, hence the
+// strides of A, B and C as stored. Float runs the SIMD kernel above where the build
+// has AVX-512F or AVX2 with FMA; otherwise the BLAS, which is column-major: C^T = B^T op(A)^T, hence the
 // swapped operands.
 template <typename T>
 inline void mm_ld(bool ta, int64_t M, int64_t N, int64_t K, const T* A, int64_t lda, const T* B, int64_t ldb,
                   bool accumulate, T* C, int64_t ldc) {
-#if defined(__AVX512F__)
+#if defined(RIM_SIMD)
   if constexpr (std::is_same_v<T, float>) {
-    return avx512::gemm(M, N, K, A, ta ? 1 : lda, ta ? lda : 1, B, ldb, C, ldc, accumulate);
+    return simd::gemm(M, N, K, A, ta ? 1 : lda, ta ? lda : 1, B, ldb, C, ldc, accumulate);
   }
 #endif
   blas_gemm<T>('N', ta ? 'T' : 'N', static_cast<int>(N), static_cast<int>(M), static_cast<int>(K), T(1), B,
@@ -258,55 +318,53 @@ inline void axpy(T* y, T a, const T* x, int64_t n) {
   for (int64_t e = 0; e < n; ++e) y[e] += a * x[e];
 }
 
-#if defined(__AVX512F__)
-// Float: full 16-wide blocks unmasked, the tail masked. (A masked store cannot be forwarded
-// to a later load of the same row, which then waits for the store to retire: the next unit
-// adds to the same rows.)
+#if defined(RIM_SIMD)
+// Float: full vectors unmasked, the tail masked. (A masked store cannot be forwarded to a
+// later load of the same row, which then waits for the store to retire: the next unit adds
+// to the same rows.)
 
 template <>
 inline void axpy<float>(float* y, float a, const float* x, int64_t n) {
-  const __m512 av = _mm512_set1_ps(a);
+  const Vec::Reg av = Vec::set1(a);
   int64_t e = 0;
-  for (; e + 16 <= n; e += 16) _mm512_storeu_ps(y + e, _mm512_fmadd_ps(av, _mm512_loadu_ps(x + e), _mm512_loadu_ps(y + e)));
+  for (; e + simd::W <= n; e += simd::W) Vec::store(y + e, Vec::fmadd(av, Vec::load(x + e), Vec::load(y + e)));
   if (e < n) {
-    const __mmask16 m = tail_mask(n - e);
-    _mm512_mask_storeu_ps(y + e, m, _mm512_fmadd_ps(av, _mm512_maskz_loadu_ps(m, x + e), _mm512_maskz_loadu_ps(m, y + e)));
+    const Vec::Mask m = Vec::mask(n - e);
+    Vec::store(m, y + e, Vec::fmadd(av, Vec::load(m, x + e), Vec::load(m, y + e)));
   }
 }
 
-// The float versions keep each 16-wide block of the sum in a register over all rows (the
-// generic loop above adds in memory, where each row waits on the previous row's store, and
-// the compiler vectorizes the dot product's short rows poorly).
+// The float versions keep each vector of the sum in a register over all rows (the generic
+// loop above adds in memory, where each row waits on the previous row's store, and the
+// compiler vectorizes the dot product's short rows poorly).
 template <>
 inline float dot<float>(const float* a, const float* b, int64_t n) {
-  __m512 acc = _mm512_setzero_ps();
+  Vec::Reg acc = Vec::zero();
   int64_t i = 0;
-  for (; i + 16 <= n; i += 16) acc = _mm512_fmadd_ps(_mm512_loadu_ps(a + i), _mm512_loadu_ps(b + i), acc);
+  for (; i + simd::W <= n; i += simd::W) acc = Vec::fmadd(Vec::load(a + i), Vec::load(b + i), acc);
   if (i < n) {
-    const __mmask16 m = tail_mask(n - i);
-    acc = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, a + i), _mm512_maskz_loadu_ps(m, b + i), acc);
+    const Vec::Mask m = Vec::mask(n - i);
+    acc = Vec::fmadd(Vec::load(m, a + i), Vec::load(m, b + i), acc);
   }
-  return _mm512_reduce_add_ps(acc);
+  return Vec::sum(acc);
 }
 
 template <>
 inline void weighted_sum<float>(float* out, const float* w, const float* rows, int64_t stride, int64_t count,
                                 int64_t n, bool accumulate) {
   int64_t e = 0;
-  for (; e + 16 <= n; e += 16) {
-    __m512 acc = accumulate ? _mm512_loadu_ps(out + e) : _mm512_setzero_ps();
-    for (int64_t j = 0; j < count; ++j) {
-      acc = _mm512_fmadd_ps(_mm512_set1_ps(w[j]), _mm512_loadu_ps(rows + j * stride + e), acc);
-    }
-    _mm512_storeu_ps(out + e, acc);
+  for (; e + simd::W <= n; e += simd::W) {
+    Vec::Reg acc = accumulate ? Vec::load(out + e) : Vec::zero();
+    for (int64_t j = 0; j < count; ++j) acc = Vec::fmadd(Vec::set1(w[j]), Vec::load(rows + j * stride + e), acc);
+    Vec::store(out + e, acc);
   }
   if (e < n) {
-    const __mmask16 m = tail_mask(n - e);
-    __m512 acc = accumulate ? _mm512_maskz_loadu_ps(m, out + e) : _mm512_setzero_ps();
+    const Vec::Mask m = Vec::mask(n - e);
+    Vec::Reg acc = accumulate ? Vec::load(m, out + e) : Vec::zero();
     for (int64_t j = 0; j < count; ++j) {
-      acc = _mm512_fmadd_ps(_mm512_set1_ps(w[j]), _mm512_maskz_loadu_ps(m, rows + j * stride + e), acc);
+      acc = Vec::fmadd(Vec::set1(w[j]), Vec::load(m, rows + j * stride + e), acc);
     }
-    _mm512_mask_storeu_ps(out + e, m, acc);
+    Vec::store(m, out + e, acc);
   }
 }
 #endif
