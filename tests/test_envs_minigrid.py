@@ -153,6 +153,19 @@ def test_actions_out_of_range_is_named(actions):
         make_minigrid("MiniGrid-MemoryS7-v0", actions=actions)
 
 
+# Every MiniGrid-Memory task MiniGrid registers: the hallway sizes and the Random ones,
+# which draw the hallway's length per episode.
+MEMORY_IDS = [
+    "MiniGrid-MemoryS7-v0", "MiniGrid-MemoryS9-v0", "MiniGrid-MemoryS11-v0", "MiniGrid-MemoryS13-v0",
+    "MiniGrid-MemoryS13Random-v0", "MiniGrid-MemoryS17Random-v0",
+]  # fmt: skip
+
+
+def test_the_memory_list_is_every_registered_memory_task():
+    registered = [env_id for env_id in gym.registry if env_id.startswith("MiniGrid-Memory")]
+    assert sorted(MEMORY_IDS) == sorted(registered)
+
+
 def _walk_to_the_fork_and_choose(env, cue: int) -> bool:
     """A scripted agent with memory: it walks east to the fork, looks north and takes the
     candidate matching ``cue`` (MiniGrid codes: 5 key, 6 ball). True on success."""
@@ -170,7 +183,7 @@ def _walk_to_the_fork_and_choose(env, cue: int) -> bool:
     return bool(info["is_success"])
 
 
-@pytest.mark.parametrize("env_id", ["MiniGrid-MemoryS7-v0", "MiniGrid-MemoryS11-v0"])
+@pytest.mark.parametrize("env_id", MEMORY_IDS)
 def test_start_at_cue_shows_the_cue_at_the_first_step_of_the_same_level(env_id):
     for seed in range(8):
         env = make_minigrid(env_id, seed=seed, view_size=3, actions=3, start_at_cue=True)
@@ -194,7 +207,7 @@ def test_memory_options_refuse_tasks_without_a_cue_and_non_booleans(option):
         make_minigrid("MiniGrid-MemoryS7-v0", **{option: "yes"})
 
 
-@pytest.mark.parametrize("env_id", ["MiniGrid-MemoryS7-v0", "MiniGrid-MemoryS13Random-v0"])
+@pytest.mark.parametrize("env_id", MEMORY_IDS)
 def test_fixed_candidates_make_the_cue_alone_say_the_way(env_id):
     cues, north_wins = set(), []
     for seed in range(12):
