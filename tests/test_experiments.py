@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -166,6 +167,26 @@ def test_memory_by_start_splits_episodes_by_where_the_cue_was_seen(tmp_path) -> 
     assert len(groups) == 3 and sum(group["episodes"] for group in groups) == 6
     assert all((group["success"] is None) == (group["episodes"] == 0) for group in groups)
     assert all(0.0 <= group["success"] <= 1.0 for group in groups if group["episodes"])
+
+
+def test_optimizer_state_reads_adams_moments_from_a_saved_model(tmp_path) -> None:
+    model = _tiny_memory_model(tmp_path, "rim", "{'view_size': 3, 'actions': 3}")
+    out = tmp_path / "optimizer.json"
+    result = _script("optimizer_state.py", model, "--json", out)
+    assert result.returncode == 0, result.stderr
+    (row,) = json.loads(out.read_text())
+    assert row["adam_steps"] == 4 and row["eps"] == 1e-5  # one 128-step rollout, one minibatch, 4 epochs
+    assert 0.0 <= row["sqrt_v_q10"] <= row["sqrt_v_q50"] <= row["sqrt_v_q90"] <= row["sqrt_v_q99"]
+    assert 0.0 <= row["below_eps"] <= 1.0 and row["weights"] > 1000
+    bad = tmp_path / "not_a_model.zip"
+    with zipfile.ZipFile(bad, "w") as archive:
+        archive.writestr("data", "{}")
+    result = _script("optimizer_state.py", bad)
+    assert (
+        result.returncode == 2
+        and "error: " in result.stderr
+        and "holds no policy.optimizer.pth" in result.stderr
+    )
 
 
 def test_memory_cue_in_state_measures_the_cue_from_sight_to_the_fork(tmp_path) -> None:
