@@ -183,10 +183,15 @@ class RIMCell(nn.Module):
         """
         attention = self.input_attention
         used = (
-            *(attention.value_weight, attention.query_weight, attention.key_weight),
-            *(self.weight_ih, self.weight_hh),
+            attention.value_weight,
+            attention.query_weight,
+            attention.key_weight,
+            self.weight_ih,
+            self.weight_hh,
+            self.bias_ih,
+            self.bias_hh,
         )
-        key = tuple((id(p), p.data_ptr(), p._version) for p in (*used, self.bias_ih, self.bias_hh))
+        key = tuple((id(p), p.data_ptr(), p._version) for p in used)
         if self._inference_cache is None or self._inference_cache[0] != key:
             with torch.no_grad():
                 self._inference_cache = (key, self.composed_input_weight(), self.step_weights())

@@ -788,7 +788,7 @@ std::vector<Tensor> forward_impl(const Dims& d, const Tensor& keys, const Tensor
                 att_row[j] = p;
                 logits[j] = mask_row ? p * mask_row[j] : p;  // the weight after dropout
               }
-              // The read, sum_j p_j v_j (unit j's value at + j * N * W).
+              // The read, sum_j p_j v_j (unit j's value at + j * W: rows n*K + j).
               weighted_sum(rd + a * V, logits.data(), qkv_t + n * K * W + 2 * A * E + a * V, W, K, V, false);
             }
           }
@@ -998,7 +998,7 @@ std::vector<Tensor> backward_impl(const Dims& d, const Tensor& grad_out_t, const
                 total += att_row[j] * dattd[j];
               }
               // Softmax and the scaled dot products: the query's gradient is a weighted sum
-              // of the units' keys (unit j's at + j * N * W).
+              // of the units' keys (unit j's at + j * W: rows n*K + j).
               for (int64_t j = 0; j < K; ++j) dattd[j] = att_row[j] * (dattd[j] - total) * inv_sqrt_e;
               const T* q = qkv_t + (n * K + k) * W + a * E;
               T* dq = dqkv_p + (n * K + k) * W + a * E;
