@@ -34,6 +34,7 @@ def optimizer_summary(path: Path) -> dict[str, Any]:
     per_weight = list(state["state"].values())
     if not per_weight or "exp_avg_sq" not in per_weight[0]:
         raise ValueError(f"{path}: the optimizer has no Adam state (exp_avg_sq)")
+    eps = float(state["param_groups"][0]["eps"])
     scale = torch.cat([entry["exp_avg_sq"].flatten() for entry in per_weight]).sqrt()
     first = torch.cat([entry["exp_avg"].flatten() for entry in per_weight]).abs()
     # torch.quantile takes at most 2^24 values; the policies here have far fewer weights.
@@ -41,10 +42,10 @@ def optimizer_summary(path: Path) -> dict[str, Any]:
     return {
         "model": model_label(path),
         "adam_steps": int(float(per_weight[0]["step"])),
-        "eps": float(state["param_groups"][0]["eps"]),
+        "eps": eps,
         "weights": int(scale.numel()),
         **{f"sqrt_v_q{int(q * 100)}": float(v) for q, v in zip(QUANTILES, values, strict=True)},
-        "below_eps": float((scale < state["param_groups"][0]["eps"]).double().mean()),
+        "below_eps": float((scale < eps).double().mean()),
         "abs_m_median": float(first.median()),
     }
 
