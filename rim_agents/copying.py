@@ -30,7 +30,12 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import signal
+import threading
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -358,10 +363,12 @@ def train_epoch(
     generator: th.Generator,
     on_step: Any = None,
     scheduler: th.optim.lr_scheduler.LRScheduler | None = None,
+    batches: int | None = None,
+    should_stop: Callable[[], bool] | None = None,
 ) -> list[float]:
     """
-    One epoch of ``config.batches_per_epoch`` Adam steps on fresh batches with gap
-    ``config.train_length``, in train mode (dropout on), with gradient-norm clipping.
+    Up to one epoch of Adam steps on fresh batches with gap ``config.train_length``, in train mode
+    (dropout on), with gradient-norm clipping.
 
     :param model: the model; switched to train mode here, whatever evaluation left it in
     :param optimizer: its optimizer
@@ -369,12 +376,16 @@ def train_epoch(
     :param generator: source of the training data
     :param on_step: called as ``on_step(loss_all_positions, loss_recall)`` after each step
     :param scheduler: learning-rate schedule stepped after every update (``None``: constant)
-    :return: the training loss (cross-entropy over all positions) of each step
+    :param batches: how many updates to make (default ``config.batches_per_epoch``; fewer when a
+        resumed run finishes an epoch it had started)
+    :param should_stop: checked after every update; ``True`` ends the epoch early, between two
+        updates, so that the state can be saved and resumed exactly
+    :return: the training loss (cross-entropy over all positions) of each step made
     """
     model.train()
     recall = recall_slice(config.train_length)
-    losses = []
-    for _ in range(config.batches_per_epoch):
+    losses: list[float] = []
+    for _ in range(config.batches_per_epoch if batches is None else batches):
         inputs, targets = copying_batch(config.batch_size, config.train_length, generator, config.device)
         logits = model(inputs)  # (L, N, C)
         loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten())
@@ -389,6 +400,8 @@ def train_epoch(
             with th.no_grad():
                 loss_recall = F.cross_entropy(logits[recall].flatten(0, 1), targets[recall].flatten())
             on_step(losses[-1], loss_recall.item())
+        if should_stop is not None and should_stop():
+            break
     return losses
 
 
@@ -415,66 +428,275 @@ def results_table(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def train_copying(config: CopyingConfig, output_dir: str | Path, progress: bool = True) -> dict[str, Any]:
+CHECKPOINT = "checkpoint.pt"
+RESULTS = "results.json"
+
+
+class RunExistsError(FileExistsError):
+    """The output folder already holds a copying run; the message says how to resume it or start afresh."""
+
+
+class TrainingInterrupted(Exception):
+    """Ctrl-C stopped a run between two updates after its checkpoint was saved.
+
+    :param output_dir: the run folder, whose ``checkpoint.pt`` continues the run
+    :param update: the updates made so far
+    """
+
+    def __init__(self, output_dir: Path, update: int) -> None:
+        self.output_dir = output_dir
+        self.update = update
+        super().__init__(f"interrupted after update {update}; checkpoint saved in {output_dir / CHECKPOINT}")
+
+
+@contextmanager
+def interrupt_flag() -> Iterator[Callable[[], bool]]:
+    """
+    While active, the first Ctrl-C (SIGINT) only sets a flag that the training loop reads between
+    updates, so the run stops at a clean point; a second Ctrl-C interrupts at once as usual.
+    Outside the main thread (where signals cannot be handled) the flag never rises.
+
+    :return: a function that says whether Ctrl-C was pressed
+    """
+    pressed = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield pressed.is_set
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        pressed.set()
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield pressed.is_set
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def check_new_run_folder(output_dir: str | Path) -> None:
+    """
+    Refuse to start a run in a folder that already holds one, so that nothing is overwritten.
+
+    :param output_dir: the folder the run would write to
+    :raises RunExistsError: when ``checkpoint.pt`` or ``results.json`` is there
+    :raises NotADirectoryError: when the path is a file
+    """
+    output_dir = Path(output_dir)
+    if output_dir.exists() and not output_dir.is_dir():
+        raise NotADirectoryError(f"--output {output_dir} is a file, not a folder; pass a folder")
+    if (output_dir / CHECKPOINT).exists() or (output_dir / RESULTS).exists():
+        raise RunExistsError(
+            f"{output_dir} already holds a copying run; continue it with "
+            f"`python scripts/train_copying.py --resume {output_dir}`, or pass another --output"
+        )
+
+
+def load_checkpoint(output_dir: str | Path) -> dict[str, Any]:
+    """
+    The saved state of a run, to continue it with ``train_copying(..., resume=True)``.
+
+    :param output_dir: the run folder (or its ``checkpoint.pt``)
+    :return: the checkpoint dictionary (see ``train_copying``)
+    :raises FileNotFoundError: when there is no checkpoint, with what to pass instead
+    """
+    path = Path(output_dir)
+    if path.is_dir():
+        path = path / CHECKPOINT
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"no copying checkpoint at {path}; --resume takes a run folder written by "
+            "scripts/train_copying.py (it holds checkpoint.pt)"
+        )
+    checkpoint = th.load(path, map_location="cpu", weights_only=False)
+    if not isinstance(checkpoint, dict) or "generator" not in checkpoint or "config" not in checkpoint:
+        raise ValueError(
+            f"{path} is not a resumable copying checkpoint (it lacks the data generator's state; "
+            "runs saved before --resume existed cannot be continued exactly)"
+        )
+    return checkpoint
+
+
+def resumed_config(checkpoint: dict[str, Any], epochs: int | None = None) -> CopyingConfig:
+    """
+    The configuration of a saved run, optionally with more (or fewer) epochs.
+
+    :param checkpoint: what ``load_checkpoint`` returned
+    :param epochs: a new total number of epochs; only for a constant learning rate, since a
+        cosine schedule is laid over the original number of updates
+    :return: the configuration to continue with
+    """
+    config = CopyingConfig(**checkpoint["config"])
+    if epochs is None or epochs == config.epochs:
+        return config
+    if config.lr_schedule != "constant":
+        raise ConfigError(
+            "epochs",
+            epochs,
+            f"{config.epochs} when resuming a run with lr_schedule={config.lr_schedule} "
+            "(its schedule spans the original number of updates)",
+        )
+    done = checkpoint["epoch"] + (1 if checkpoint["batch"] else 0)
+    if epochs < done:
+        raise ConfigError("epochs", epochs, f"at least {done}, the epochs this run has already started")
+    return CopyingConfig(**{**checkpoint["config"], "epochs": epochs})
+
+
+def _save_atomically(state: dict[str, Any], path: Path) -> None:
+    """``th.save`` through a temporary file in the same folder, so a kill never leaves half a checkpoint."""
+    partial = path.with_name(f".{path.name}.partial")
+    th.save(state, partial)
+    os.replace(partial, path)
+
+
+def train_copying(
+    config: CopyingConfig, output_dir: str | Path, progress: bool = True, resume: bool = False
+) -> dict[str, Any]:
     """
     Train on gap ``config.train_length``, evaluate on every ``config.test_lengths`` gap after each
-    epoch, and write to ``output_dir``: TensorBoard events, ``checkpoint.pt`` (model state,
-    optimizer and scheduler state, config, epoch; rewritten every epoch) and at the end ``results.json``.
+    epoch, and write to ``output_dir``: TensorBoard events, ``checkpoint.pt`` and ``results.json``
+    (both rewritten after every epoch; ``results.json`` has ``"finished": true`` at the end).
 
-    :param config: the run configuration
-    :param output_dir: the folder for everything this run writes (created if missing)
+    ``checkpoint.pt`` holds everything that the rest of the run depends on: the model, optimizer
+    and schedule states, the training-data generator's and torch's global RNG states (dropout),
+    the config, the position (``epoch`` finished epochs and ``batch`` updates into the next), and
+    the evaluation history. A run continued from it with ``resume=True`` makes the same updates,
+    bit for bit, as one that never stopped (on the same machine, thread count and build).
+
+    Ctrl-C stops the run after the update in progress, saves the checkpoint and raises
+    ``TrainingInterrupted``.
+
+    :param config: the run configuration; when resuming, the saved one (``resumed_config``)
+    :param output_dir: the folder for everything this run writes (created if missing); a new run
+        refuses a folder that already holds one (``RunExistsError``)
     :param progress: show a progress bar on stderr
+    :param resume: continue the run saved in ``output_dir``
     :return: the content of ``results.json``: ``{"model", "train_length", "config", "results":
-        {"<gap>": {"ce", "ce_all_positions", "digit_acc", "seq_acc"}}, "metric_definitions",
-        "epochs", "wall_time_s"}``
+        {"<gap>": {"ce", "ce_all_positions", "digit_acc", "seq_acc"}}, "history": [{"epoch",
+        "update", "wall_time_s", "train_ce_all_positions", "results"}, ...], "metric_definitions",
+        "epochs", "finished", "parameters", "wall_time_s"}``
     """
-    with torch_threads(config.num_threads):
-        return _train_copying(config, Path(output_dir), progress)
+    output_dir = Path(output_dir)
+    checkpoint = None
+    if resume:
+        checkpoint = load_checkpoint(output_dir)
+        saved = CopyingConfig(**checkpoint["config"])
+        if {**config.to_dict(), "epochs": saved.epochs} != saved.to_dict():
+            raise ConfigError("config", config.to_dict(), f"the saved run's configuration {saved.to_dict()}")
+    else:
+        check_new_run_folder(output_dir)
+    with torch_threads(config.num_threads), interrupt_flag() as interrupted:
+        return _train_copying(config, output_dir, progress, checkpoint, interrupted)
 
 
-def _train_copying(config: CopyingConfig, output_dir: Path, progress: bool) -> dict[str, Any]:
-    """``train_copying`` with the thread count already set."""
+def _train_copying(
+    config: CopyingConfig,
+    output_dir: Path,
+    progress: bool,
+    checkpoint: dict[str, Any] | None,
+    interrupted: Callable[[], bool],
+) -> dict[str, Any]:
+    """``train_copying`` with the thread count and the Ctrl-C flag set."""
     start = time.perf_counter()
     output_dir.mkdir(parents=True, exist_ok=True)
     model = build_model(config)
     optimizer = th.optim.Adam(model.parameters(), lr=config.lr)
     scheduler = build_scheduler(optimizer, config)
     generator = th.Generator().manual_seed(config.seed)
+    epoch, batch, history, wall_before = 0, 0, [], 0.0
+    if checkpoint is not None:
+        model.load_state_dict(checkpoint["model"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        if scheduler is not None:
+            scheduler.load_state_dict(checkpoint["scheduler"])
+        generator.set_state(checkpoint["generator"])
+        th.set_rng_state(checkpoint["torch_rng"])
+        epoch, batch = checkpoint["epoch"], checkpoint["batch"]
+        history, wall_before = checkpoint["history"], checkpoint["wall_time_s"]
+    step = epoch * config.batches_per_epoch + batch
     test_sets = {gap: fixed_test_batches(config, gap) for gap in config.test_lengths}
-    writer = SummaryWriter(str(output_dir))
-    writer.add_text(
-        "hyperparameters",
-        "|param|value|\n|-|-|\n" + "\n".join(f"|{key}|{value}|" for key, value in config.to_dict().items()),
-    )
+    # Events logged after the checkpoint by a killed run are dropped: the resumed run rewrites them.
+    writer = SummaryWriter(str(output_dir), purge_step=step + 1 if checkpoint is not None else None)
     num_params = sum(parameter.numel() for parameter in model.parameters())
-    writer.add_scalar("charts/parameters", num_params, 0)
+    if checkpoint is None:
+        writer.add_text(
+            "hyperparameters",
+            "|param|value|\n|-|-|\n"
+            + "\n".join(f"|{key}|{value}|" for key, value in config.to_dict().items()),
+        )
+        writer.add_scalar("charts/parameters", num_params, 0)
 
-    step = 0
+    def save() -> None:
+        _save_atomically(
+            {
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": None if scheduler is None else scheduler.state_dict(),
+                "generator": generator.get_state(),
+                "torch_rng": th.get_rng_state(),
+                "config": config.to_dict(),
+                "epoch": epoch,
+                "batch": batch,
+                "history": history,
+                "wall_time_s": wall_before + time.perf_counter() - start,
+            },
+            output_dir / CHECKPOINT,
+        )
+
+    def results(finished: bool) -> dict[str, Any]:
+        return {
+            "model": config.model,
+            "train_length": config.train_length,
+            "config": config.to_dict(),
+            "results": history[-1]["results"] if history else {},
+            "history": history,
+            "metric_definitions": METRIC_DEFINITIONS,
+            "epochs": config.epochs,
+            "finished": finished,
+            "parameters": num_params,
+            "wall_time_s": round(wall_before + time.perf_counter() - start, 1),
+        }
+
     bar = tqdm(
         total=config.epochs * config.batches_per_epoch,
+        initial=step,
         desc=f"copying {config.model} gap {config.train_length}",
         disable=not progress,
     )
+    epoch_losses: list[float] = []
 
     def on_step(loss_all: float, loss_recall: float) -> None:
-        nonlocal step
+        nonlocal step, batch
         step += 1
+        batch += 1
+        epoch_losses.append(loss_all)
         writer.add_scalar("losses/train_ce_all_positions", loss_all, step)
         writer.add_scalar("losses/train_ce_recall", loss_recall, step)
         writer.add_scalar("charts/learning_rate", optimizer.param_groups[0]["lr"], step)
         bar.update(1)
         bar.set_postfix(loss=f"{loss_all:.4f}", recall=f"{loss_recall:.3f}")
 
-    metrics_by_gap: dict[str, dict[str, float]] = {}
     try:
-        for epoch in range(1, config.epochs + 1):
-            epoch_start = time.perf_counter()
-            train_epoch(model, optimizer, config, generator, on_step, scheduler)
-            writer.add_scalar(
-                "charts/steps_per_second",
-                config.batches_per_epoch / (time.perf_counter() - epoch_start),
-                step,
+        while epoch < config.epochs:
+            epoch_start, epoch_losses = time.perf_counter(), []
+            train_epoch(
+                model,
+                optimizer,
+                config,
+                generator,
+                on_step,
+                scheduler,
+                batches=config.batches_per_epoch - batch,
+                should_stop=interrupted,
             )
+            if batch < config.batches_per_epoch:
+                save()
+                raise TrainingInterrupted(output_dir, step)
+            writer.add_scalar(
+                "charts/steps_per_second", len(epoch_losses) / (time.perf_counter() - epoch_start), step
+            )
+            epoch, batch = epoch + 1, 0
+            metrics_by_gap: dict[str, dict[str, float]] = {}
             for gap, batches in test_sets.items():
                 metrics, unit_activity = evaluate(model, batches, gap)
                 metrics_by_gap[str(gap)] = metrics
@@ -484,34 +706,34 @@ def _train_copying(config: CopyingConfig, output_dir: Path, progress: bool) -> d
                     for layer, activity in enumerate(unit_activity):
                         for unit, frequency in enumerate(activity.tolist()):
                             writer.add_scalar(f"units_gap_{gap}/layer{layer}_unit{unit}", frequency, step)
-            th.save(
+            history.append(
                 {
-                    "model": model.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": None if scheduler is None else scheduler.state_dict(),
-                    "config": config.to_dict(),
                     "epoch": epoch,
-                },
-                output_dir / "checkpoint.pt",
+                    "update": step,
+                    "wall_time_s": round(wall_before + time.perf_counter() - start, 1),
+                    "train_ce_all_positions": float(np.mean(epoch_losses)) if epoch_losses else None,
+                    "results": metrics_by_gap,
+                }
             )
+            save()
+            _write_results(output_dir, results(finished=epoch == config.epochs))
             summary = "  ".join(
                 f"gap {gap}: ce {metrics['ce']:.3f} seq {metrics['seq_acc']:.2f}"
                 for gap, metrics in metrics_by_gap.items()
             )
             bar.write(f"epoch {epoch}/{config.epochs}  {summary}")
+            if interrupted():
+                raise TrainingInterrupted(output_dir, step)
     finally:
         bar.close()
         writer.close()
+    final = results(finished=True)
+    _write_results(output_dir, final)
+    return final
 
-    results = {
-        "model": config.model,
-        "train_length": config.train_length,
-        "config": config.to_dict(),
-        "results": metrics_by_gap,
-        "metric_definitions": METRIC_DEFINITIONS,
-        "epochs": config.epochs,
-        "parameters": num_params,
-        "wall_time_s": round(time.perf_counter() - start, 1),
-    }
-    (output_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-    return results
+
+def _write_results(output_dir: Path, results: dict[str, Any]) -> None:
+    """Write ``results.json`` through a temporary file, so a kill never leaves half of it."""
+    partial = output_dir / f".{RESULTS}.partial"
+    partial.write_text(json.dumps(results, indent=2) + "\n")
+    os.replace(partial, output_dir / RESULTS)

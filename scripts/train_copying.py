@@ -8,6 +8,11 @@ Small CPU default (see docs/copying.md), both models::
 The paper's configuration (gap 50 train / 200 test, 6x100 units k=4, LSTM 600)::
 
     python scripts/train_copying.py --paper --model rim --device cuda
+
+Continue a run that was stopped (Ctrl-C saves a checkpoint; a killed run continues from its
+last finished epoch), optionally with more epochs::
+
+    python scripts/train_copying.py --resume runs/copying/rim [--epochs 300]
 """
 
 from __future__ import annotations
@@ -24,8 +29,13 @@ from rim_agents.copying import (
     MODELS,
     ConfigError,
     CopyingConfig,
+    RunExistsError,
+    TrainingInterrupted,
+    check_new_run_folder,
+    load_checkpoint,
     paper_config,
     results_table,
+    resumed_config,
     train_copying,
 )
 from rim_agents.nn.attention import COMM_READS
@@ -57,10 +67,11 @@ FLAGS = {
 CHOICES = {"model": MODELS, "cell": CELLS, "lr_schedule": LR_SCHEDULES, "comm_read": COMM_READS}
 
 
-def parse_args(argv: list[str] | None = None) -> tuple[CopyingConfig, Path, bool]:
+def parse_args(argv: list[str] | None = None) -> tuple[CopyingConfig, Path, bool, bool]:
     """
     :param argv: command-line arguments (default ``sys.argv[1:]``)
-    :return: the validated configuration, the output folder and whether to show a progress bar
+    :return: the validated configuration, the output folder, whether to show a progress bar and
+        whether to resume the run saved there
     """
     parser = argparse.ArgumentParser(
         description="Copying task (Goyal et al. 2021, Table 1): train on one gap, test on longer ones."
@@ -96,7 +107,17 @@ def parse_args(argv: list[str] | None = None) -> tuple[CopyingConfig, Path, bool
         "(default runs/copying/<model>__gap<train>__<seed>__<time>)",
     )
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    parser.add_argument(
+        "--resume",
+        type=Path,
+        default=None,
+        metavar="RUN_FOLDER",
+        help="continue the run saved in this folder from its checkpoint.pt, exactly where it stopped; "
+        "only --epochs (with a constant learning rate) and --no-progress may be given with it",
+    )
     args = parser.parse_args(argv)
+    if args.resume is not None:
+        return _resume_args(parser, args)
 
     model = args.model or defaults.model
     base = paper_config(model) if args.paper else CopyingConfig(model=model)
@@ -113,16 +134,50 @@ def parse_args(argv: list[str] | None = None) -> tuple[CopyingConfig, Path, bool
     output = args.output or Path(
         "runs", "copying", f"{config.model}__gap{config.train_length}__{config.seed}__{int(time.time())}"
     )
-    return config, output, not args.no_progress
+    try:
+        check_new_run_folder(output)
+    except (RunExistsError, NotADirectoryError) as error:
+        parser.error(str(error))
+    return config, output, not args.no_progress, False
 
 
-def main(argv: list[str] | None = None) -> None:
-    config, output, progress = parse_args(argv)
-    results = train_copying(config, output, progress=progress)
+def _resume_args(
+    parser: argparse.ArgumentParser, args: argparse.Namespace
+) -> tuple[CopyingConfig, Path, bool, bool]:
+    """``parse_args`` for ``--resume``: the saved configuration, with at most a new number of epochs."""
+    given = [FLAGS[name][0] for name in FLAGS if name != "epochs" and getattr(args, name) is not None]
+    given += ["--paper"] if args.paper else []
+    given += ["--output"] if args.output is not None else []
+    if given:
+        parser.error(
+            f"--resume continues the saved configuration; drop {', '.join(given)} "
+            "(only --epochs and --no-progress may be given with it)"
+        )
+    try:
+        config = resumed_config(load_checkpoint(args.resume), args.epochs)
+    except ConfigError as error:
+        parser.error(f"{FLAGS[error.name][0]} must be {error.allowed}, got {error.value!r}")
+    except (FileNotFoundError, ValueError) as error:
+        parser.error(str(error))
+    return config, args.resume, not args.no_progress, True
+
+
+def main(argv: list[str] | None = None) -> int:
+    config, output, progress, resume = parse_args(argv)
+    try:
+        results = train_copying(config, output, progress=progress, resume=resume)
+    except TrainingInterrupted as stop:
+        print(
+            f"\ninterrupted after update {stop.update}: checkpoint saved\n"
+            f"resume with: python scripts/train_copying.py --resume {stop.output_dir}",
+            file=sys.stderr,
+        )
+        return 130
     print(results_table(results))
     print(f"\nwall time {results['wall_time_s']:.0f} s; results in {output / 'results.json'}")
     sys.stdout.flush()
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -5,19 +5,25 @@ from __future__ import annotations
 import importlib.util
 import json
 import re
+import signal
 from pathlib import Path
 
 import pytest
 import torch as th
 
+import rim_agents.copying as copying
 from envs.copying import DELIMITER, copying_batch, recall_slice, sequence_length
 from rim_agents.copying import (
     ConfigError,
     CopyingConfig,
+    RunExistsError,
+    TrainingInterrupted,
     build_model,
     build_scheduler,
     evaluate,
     fixed_test_batches,
+    load_checkpoint,
+    resumed_config,
     train_copying,
     train_epoch,
 )
@@ -162,8 +168,14 @@ def test_results_json_has_the_promised_keys(tmp_path):
         assert {"ce", "ce_all_positions", "digit_acc", "seq_acc"} == metrics.keys()
         assert 0.0 <= metrics["digit_acc"] <= 1.0 and metrics["ce"] > 0.0
     checkpoint = th.load(tmp_path / "checkpoint.pt", weights_only=False)
-    assert {"model", "optimizer", "scheduler", "config", "epoch"} == checkpoint.keys()
-    assert checkpoint["epoch"] == 1 and checkpoint["scheduler"]["last_epoch"] == 2
+    assert {
+        "model", "optimizer", "scheduler", "generator", "torch_rng", "config", "epoch", "batch", "history",
+        "wall_time_s",
+    } == checkpoint.keys()  # fmt: skip
+    assert checkpoint["epoch"] == 1 and checkpoint["batch"] == 0
+    assert checkpoint["scheduler"]["last_epoch"] == 2
+    assert written["finished"] and [entry["epoch"] for entry in written["history"]] == [1]
+    assert written["history"][0]["results"] == written["results"]
     assert any(path.name.startswith("events.out.tfevents") for path in tmp_path.iterdir())
 
 
@@ -252,7 +264,7 @@ def test_script_rejects_bad_flags_naming_the_flag(args, message, capsys):
 
 
 def test_script_paper_flag_gives_the_paper_configuration_and_flags_override_it():
-    config, _, _ = load_script().parse_args(["--paper", "--model", "lstm", "--epochs", "3"])
+    config, *_ = load_script().parse_args(["--paper", "--model", "lstm", "--epochs", "3"])
     assert (config.model, config.train_length, config.test_lengths) == ("lstm", 50, (50, 100, 200))
     assert (config.hidden_size, config.num_units, config.unit_size, config.top_k) == (600, 6, 100, 4)
     assert (config.batch_size, config.lr, config.lr_schedule, config.epochs) == (64, 1e-3, "constant", 3)
@@ -273,6 +285,145 @@ def test_script_prints_a_markdown_table_and_writes_results(tmp_path, capsys):
     )
     assert "| 2 (train) | 22 |" in printed and "| 4 | 24 |" in printed
     assert json.loads((tmp_path / "results.json").read_text())["model"] == "lstm"
+
+
+# Dropout and a cosine schedule, so that the torch RNG and the schedule's state both matter.
+RESUMABLE = {**TINY, "epochs": 3, "batches_per_epoch": 3, "input_dropout": 0.2, "comm_dropout": 0.2}
+
+
+def ctrl_c_at_batch(monkeypatch, number, test_batches):
+    """Send SIGINT to this process while the trainer draws its ``number``-th training batch
+    (the fixed test sets, ``test_batches`` batches in all, are drawn first)."""
+    drawn = 0
+
+    def batch_then_ctrl_c(*args, **kwargs):
+        nonlocal drawn
+        drawn += 1
+        if drawn == test_batches + number:
+            signal.raise_signal(signal.SIGINT)
+        return copying_batch(*args, **kwargs)
+
+    monkeypatch.setattr(copying, "copying_batch", batch_then_ctrl_c)
+
+
+def same_run(first, second):
+    """Two run folders hold the same weights, optimizer state and evaluation history, bit for bit."""
+    a, b = load_checkpoint(first), load_checkpoint(second)
+    for name in a["model"]:
+        assert th.equal(a["model"][name], b["model"][name]), name
+    for index, state in a["optimizer"]["state"].items():
+        for key, value in state.items():
+            assert th.equal(value, b["optimizer"]["state"][index][key]), (index, key)
+    assert a["scheduler"] == b["scheduler"]
+    assert [entry["results"] for entry in a["history"]] == [entry["results"] for entry in b["history"]]
+    assert (a["epoch"], a["batch"]) == (b["epoch"], b["batch"])
+
+
+@pytest.mark.parametrize("model", ["rim", "lstm"])
+@pytest.mark.parametrize("stop_at_batch", [2, 3, 5])
+def test_a_run_stopped_by_ctrl_c_and_resumed_equals_an_uninterrupted_one(
+    tmp_path, monkeypatch, model, stop_at_batch
+):
+    """Batch 2 stops mid-epoch, 3 at an epoch's last update (its evaluation still runs), 5 in the next."""
+    config = CopyingConfig(**{**RESUMABLE, "model": model})
+    train_copying(config, tmp_path / "whole", progress=False)
+
+    with monkeypatch.context() as patch:
+        ctrl_c_at_batch(patch, stop_at_batch, test_batches=2)
+        with pytest.raises(TrainingInterrupted) as stop:
+            train_copying(config, tmp_path / "parts", progress=False)
+    assert stop.value.update == stop_at_batch
+    saved = load_checkpoint(tmp_path / "parts")
+    assert saved["epoch"] * 3 + saved["batch"] == stop_at_batch
+    partial_results = tmp_path / "parts" / "results.json"
+    # written after each finished epoch, unfinished until the last
+    assert partial_results.exists() == (stop_at_batch >= 3)
+    assert not partial_results.exists() or not json.loads(partial_results.read_text())["finished"]
+
+    results = train_copying(resumed_config(saved), tmp_path / "parts", progress=False, resume=True)
+    assert results["finished"] and len(results["history"]) == 3
+    same_run(tmp_path / "whole", tmp_path / "parts")
+    assert results["results"] == json.loads((tmp_path / "whole" / "results.json").read_text())["results"]
+
+
+def test_ctrl_c_during_the_first_evaluation_keeps_the_finished_epoch(tmp_path, monkeypatch):
+    """The flag is read between updates and after each epoch's evaluation and checkpoint."""
+    config = CopyingConfig(**RESUMABLE)
+    train_copying(config, tmp_path / "whole", progress=False)
+    real_evaluate, calls = copying.evaluate, 0
+
+    def evaluate_then_ctrl_c(*args, **kwargs):
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            signal.raise_signal(signal.SIGINT)
+        return real_evaluate(*args, **kwargs)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(copying, "evaluate", evaluate_then_ctrl_c)
+        with pytest.raises(TrainingInterrupted):
+            train_copying(config, tmp_path / "parts", progress=False)
+    saved = load_checkpoint(tmp_path / "parts")
+    assert (saved["epoch"], saved["batch"], len(saved["history"])) == (1, 0, 1)
+    train_copying(resumed_config(saved), tmp_path / "parts", progress=False, resume=True)
+    same_run(tmp_path / "whole", tmp_path / "parts")
+
+
+def test_a_finished_constant_rate_run_continues_to_more_epochs_like_a_longer_run(tmp_path):
+    short = CopyingConfig(**{**RESUMABLE, "lr_schedule": "constant", "epochs": 1})
+    train_copying(short, tmp_path / "parts", progress=False)
+    longer = resumed_config(load_checkpoint(tmp_path / "parts"), epochs=2)
+    assert longer.epochs == 2
+    train_copying(longer, tmp_path / "parts", progress=False, resume=True)
+    train_copying(CopyingConfig(**{**RESUMABLE, "lr_schedule": "constant", "epochs": 2}), tmp_path / "whole",
+                  progress=False)  # fmt: skip
+    same_run(tmp_path / "whole", tmp_path / "parts")
+
+
+def test_a_cosine_run_refuses_a_new_number_of_epochs_on_resume(tmp_path):
+    train_copying(CopyingConfig(**{**RESUMABLE, "epochs": 1}), tmp_path, progress=False)
+    with pytest.raises(ConfigError, match=r"epochs must be 1 when resuming a run with lr_schedule=cosine"):
+        resumed_config(load_checkpoint(tmp_path), epochs=2)
+
+
+def test_a_new_run_refuses_a_folder_that_holds_one_and_changes_nothing(tmp_path):
+    train_copying(CopyingConfig(**TINY), tmp_path, progress=False)
+    before = {path.name: path.read_bytes() for path in tmp_path.iterdir() if path.is_file()}
+    with pytest.raises(RunExistsError, match=r"--resume " + re.escape(str(tmp_path))):
+        train_copying(CopyingConfig(**TINY), tmp_path, progress=False)
+    assert {path.name: path.read_bytes() for path in tmp_path.iterdir() if path.is_file()} == before
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--resume", "{tmp}/missing"], r"no copying checkpoint at .*missing; --resume takes a run folder"),
+        (["--resume", "{tmp}/run", "--lr", "0.1"], r"drop --lr \(only --epochs and --no-progress"),
+        (["--resume", "{tmp}/run", "--epochs", "5"], r"--epochs must be 1 when resuming a run with lr_sc"),
+        (["--output", "{tmp}/run"], r"already holds a copying run; continue it with `python scripts/tra"),
+        (["--output", "{tmp}/run/results.json"], r"is a file, not a folder"),
+    ],
+)
+def test_script_refuses_bad_resumes_and_reused_folders_before_training(tmp_path, args, message, capsys):
+    train_copying(CopyingConfig(**TINY), tmp_path / "run", progress=False)
+    with pytest.raises(SystemExit) as exit_info:
+        load_script().parse_args([arg.replace("{tmp}", str(tmp_path)) for arg in args])
+    assert exit_info.value.code == 2
+    assert re.search(message, capsys.readouterr().err)
+
+
+def test_script_ctrl_c_prints_the_whole_resume_command_and_resume_finishes(tmp_path, monkeypatch, capsys):
+    flags = [
+        "--model", "lstm", "--train-length", "2", "--test-lengths", "2", "--epochs", "2",
+        "--batches-per-epoch", "2", "--batch-size", "4", "--eval-batches", "1", "--hidden-size", "8",
+        "--embedding-size", "4", "--no-progress",
+    ]  # fmt: skip
+    with monkeypatch.context() as patch:
+        ctrl_c_at_batch(patch, 3, test_batches=1)
+        assert load_script().main([*flags, "--output", str(tmp_path)]) == 130
+    assert f"resume with: python scripts/train_copying.py --resume {tmp_path}" in capsys.readouterr().err
+    assert load_script().main(["--resume", str(tmp_path), "--no-progress"]) == 0
+    assert json.loads((tmp_path / "results.json").read_text())["finished"]
 
 
 @pytest.mark.slow
