@@ -80,13 +80,19 @@ def pack_lanes(lengths: np.ndarray, continues: np.ndarray) -> tuple[np.ndarray, 
     return lane, column, n_lanes
 
 
-def lane_layout(episode_starts: np.ndarray, batch_size: int | None) -> list[np.ndarray]:
+def lane_layout(
+    episode_starts: np.ndarray, batch_size: int | None, max_lane_length: int | None = None
+) -> list[np.ndarray]:
     """Deal a rollout's pieces into shuffled minibatches and pack each into lanes.
 
     Shuffles with numpy's global generator, as SB3's buffers do (``set_random_seed`` seeds it).
 
     :param episode_starts: ``(E, T)``, nonzero where a step starts an episode
     :param batch_size: steps per minibatch; None for the whole rollout in one minibatch
+    :param max_lane_length: also cut every env's steps at ``t = 0, m, 2m, ...``, so no piece
+        (and so no lane) is longer than ``m``: truncated backpropagation through time over ``m``
+        steps, each piece starting from the state stored during the rollout. None: pieces end
+        only at episode starts and rollout ends.
     :return: one ``(n_lanes, L)`` array per minibatch of env-major step indices; the slots
         no step fills hold ``N``
     """
@@ -94,7 +100,8 @@ def lane_layout(episode_starts: np.ndarray, batch_size: int | None) -> list[np.n
     total = n_envs * n_steps
     starts = episode_starts.reshape(-1) != 0
     cut = starts.copy()
-    cut[::n_steps] = True  # every env's first step opens a piece
+    # every env's first step opens a piece, and every max_lane_length-th step after it
+    cut[np.arange(total) % n_steps % (max_lane_length or n_steps) == 0] = True
     piece_starts = np.flatnonzero(cut)
     piece_lengths = np.diff(np.append(piece_starts, total))
 
@@ -133,6 +140,7 @@ class _LaneSampling:
     generator_ready: bool
     device: th.device
     episode_starts: np.ndarray
+    max_lane_length: int | None = None  # see lane_layout; RimPPO sets it
 
     def _pad_row(self, array: np.ndarray) -> th.Tensor:
         """``(T, E, ...)`` -> ``(N + 1, ...)``: env-major, with a zero row for empty slots."""
@@ -150,7 +158,7 @@ class _LaneSampling:
         if not self.generator_ready:
             self._prepare()
             self.generator_ready = True
-        return lane_layout(self.episode_starts.swapaxes(0, 1), batch_size)
+        return lane_layout(self.episode_starts.swapaxes(0, 1), batch_size, self.max_lane_length)
 
     def _sample_fields(self, layout: np.ndarray) -> dict[str, Any]:
         """The fields of a sample except the observations, for a ``(n_lanes, L)`` layout."""

@@ -7,10 +7,14 @@ Symbols:
 
 from __future__ import annotations
 
+import functools
+import warnings
+from pathlib import Path
+
 import torch as th
 from gymnasium import spaces
 from stable_baselines3.common.preprocessing import get_flattened_obs_dim, is_image_space_channels_first
-from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
+from stable_baselines3.common.torch_layers import BaseFeaturesExtractor, NatureCNN
 from torch import nn
 
 # Three 2x2 convolutions without padding shrink each side by 3; with padding 1 each grows it by 1.
@@ -194,3 +198,75 @@ class ScaledFlatten(BaseFeaturesExtractor):
         :return: ``(N, prod(obs_shape))``
         """
         return self.flatten(observations) * self.scale
+
+
+@functools.cache
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU multiplies BF16 natively (AVX512-BF16 or AMX-BF16; Linux's /proc/cpuinfo)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text().split()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+class FastNatureCNN(NatureCNN):
+    """
+    SB3's ``NatureCNN`` (Mnih et al., 2015: the Atari network of the paper, the zoo and CleanRL),
+    with the same layers and parameter names, so a state dict moves between the two, computed
+    the way the hardware is fastest:
+
+    - ``channels_last``: the convolutions' weights and input in NHWC memory format, oneDNN's
+      native layout on a CPU (no reorder per call). The numbers differ from NCHW's only in
+      summation order.
+    - ``bf16``: the network under ``torch.autocast`` with ``bfloat16`` (features returned as
+      float32; the recurrent core and heads stay float32). Changes what is learned, so it is off
+      by default and offered as a measured option (docs/atari.md). On a CPU without native BF16
+      (``cpu_has_native_bf16``) it would be emulated and slower, so it is ignored there with a
+      warning.
+
+    :param observation_space: a channels-first image ``Box``, as for ``NatureCNN``
+    :param features_dim: features produced (512, as in ``NatureCNN``)
+    :param normalized_image: as in ``NatureCNN``
+    :param channels_last: compute in NHWC memory format
+    :param bf16: compute under BF16 autocast where the device has it natively
+    """
+
+    def __init__(
+        self,
+        observation_space: spaces.Space,
+        features_dim: int = 512,
+        normalized_image: bool = False,
+        channels_last: bool = True,
+        bf16: bool = False,
+    ) -> None:
+        for name, value in (("channels_last", channels_last), ("bf16", bf16)):
+            if not isinstance(value, bool):
+                raise ValueError(f"FastNatureCNN {name} must be True or False, got {value!r}")
+        super().__init__(observation_space, features_dim, normalized_image)
+        self.channels_last = channels_last
+        self.bf16 = bf16
+        if bf16 and not cpu_has_native_bf16():
+            warnings.warn(
+                "FastNatureCNN(bf16=True) computes in float32 on this CPU, which has no native BF16 "
+                "(avx512_bf16 or amx_bf16); on a GPU it uses BF16",
+                stacklevel=2,
+            )
+
+    def forward(self, observations: th.Tensor) -> th.Tensor:
+        """
+        :param observations: ``(N, C, H, W)`` float, already scaled by SB3's preprocessing
+        :return: ``(N, features_dim)`` float32
+        """
+        if self.channels_last:
+            if not self.cnn[0].weight.is_contiguous(memory_format=th.channels_last):
+                # Here, not in __init__: SB3's orthogonal initialisation needs contiguous weights.
+                # The parameters stay the same objects, so the optimizer keeps them.
+                self.cnn.to(memory_format=th.channels_last)  # type: ignore[call-overload]  # not in the stubs
+            observations = observations.contiguous(memory_format=th.channels_last)
+        with th.autocast(observations.device.type, dtype=th.bfloat16, enabled=self._use_bf16(observations)):
+            features = self.linear(self.cnn(observations))
+        return features.float()
+
+    def _use_bf16(self, observations: th.Tensor) -> bool:
+        return self.bf16 and (observations.device.type != "cpu" or cpu_has_native_bf16())

@@ -21,6 +21,7 @@ import torch as th
 from einops import rearrange
 from gymnasium import spaces
 from sb3_contrib.common.recurrent.policies import RecurrentActorCriticPolicy
+from sb3_contrib.common.recurrent.type_aliases import RNNStates
 from stable_baselines3.common.torch_layers import (
     BaseFeaturesExtractor,
     CombinedExtractor,
@@ -169,7 +170,7 @@ class RimActorCriticPolicy(RecurrentActorCriticPolicy):
         ``num_units * unit_size``. None (default) derives it from ``rim_kwargs``.
     :param n_lstm_layers: Number of stacked RIM layers (the RIM's ``num_layers``).
     :param shared_lstm: Whether the RIM is shared between the actor and the critic
-        (in that case, only the actor gradient is used).
+        (in that case, only the actor gradient is used, unless ``detach_critic=False``).
     :param enable_critic_lstm: Use a separate RIM for the critic.
     :param lstm_kwargs: ``nn.LSTM`` keyword arguments: ``dropout`` is passed to the RIM;
         ``bias``, ``batch_first``, ``bidirectional``, ``proj_size``, ``device``, ``dtype`` are
@@ -177,6 +178,11 @@ class RimActorCriticPolicy(RecurrentActorCriticPolicy):
     :param rim_kwargs: Keyword arguments of :class:`rim_agents.nn.RIM` (``num_units``,
         ``unit_size``, ``top_k``, ``cell``, attention sizes, dropouts, ``communicate``);
         ``input_size``, ``num_layers`` and ``batch_first`` are set by the policy.
+    :param detach_critic: with ``shared_lstm``, whether the value loss stops at the shared RIM
+        (sb3-contrib's behaviour, the default) or trains it together with the policy loss:
+        ``shared_lstm=True, enable_critic_lstm=False, detach_critic=False`` is the RIM paper's
+        PPO (appendix D.8; Kostrikov's pytorch-a2c-ppo-acktr shares one recurrent base that
+        both losses train), at half the recurrent work of a separate critic RIM.
     """
 
     def __init__(
@@ -204,6 +210,7 @@ class RimActorCriticPolicy(RecurrentActorCriticPolicy):
         enable_critic_lstm: bool = True,
         lstm_kwargs: dict[str, Any] | None = None,
         rim_kwargs: dict[str, Any] | None = None,
+        detach_critic: bool = True,
     ):
         # sb3-contrib checks these with asserts after building; fail first, with an error that
         # callers of either library catch (see ConflictingOptionsError).
@@ -216,6 +223,13 @@ class RimActorCriticPolicy(RecurrentActorCriticPolicy):
             raise ConflictingOptionsError(
                 "shared_lstm=True requires share_features_extractor=True: "
                 "the RIM cannot be shared if the features extractor is not"
+            )
+        if not isinstance(detach_critic, bool):
+            raise ValueError(f"detach_critic must be True or False, got {detach_critic!r}")
+        if not detach_critic and not shared_lstm:
+            raise ConflictingOptionsError(
+                "detach_critic=False needs shared_lstm=True (and enable_critic_lstm=False): it lets the "
+                "value loss train the one RIM that actor and critic share"
             )
         if isinstance(n_lstm_layers, bool) or not isinstance(n_lstm_layers, int) or n_lstm_layers < 1:
             raise ValueError(f"n_lstm_layers must be a positive integer, got {n_lstm_layers!r}")
@@ -248,6 +262,7 @@ class RimActorCriticPolicy(RecurrentActorCriticPolicy):
         )
         self.lstm_kwargs = dict(lstm_kwargs or {})
         self.rim_kwargs = dict(rim_kwargs or {})
+        self.detach_critic = detach_critic
         self.n_lstm_layers = n_lstm_layers
         resolved_rim_kwargs["num_layers"] = n_lstm_layers
         # sb3-contrib types these attributes as nn.LSTM; the RIM is its drop-in.
@@ -270,9 +285,63 @@ class RimActorCriticPolicy(RecurrentActorCriticPolicy):
                 enable_critic_lstm=self.enable_critic_lstm,
                 lstm_kwargs=self.lstm_kwargs,
                 rim_kwargs=self.rim_kwargs,
+                detach_critic=self.detach_critic,
             )
         )
         return data
+
+    def _shared_latents(
+        self, obs: th.Tensor, lstm_states: tuple[th.Tensor, ...], episode_starts: th.Tensor
+    ) -> tuple[th.Tensor, th.Tensor, tuple[th.Tensor, th.Tensor]]:
+        """
+        The shared RIM's output through the actor's and the critic's MLP, without detaching
+        (``detach_critic=False``).
+
+        :return: actor latent, critic latent, the RIM states after the last step
+        """
+        features = self.extract_features(obs)
+        assert isinstance(features, th.Tensor)  # shared_lstm requires share_features_extractor
+        hidden, cell = lstm_states
+        output, states = self._process_sequence(features, (hidden, cell), episode_starts, self.lstm_actor)
+        return self.mlp_extractor.forward_actor(output), self.mlp_extractor.forward_critic(output), states
+
+    def forward(  # type: ignore[override]  # sb3-contrib's signature, which differs from SB3's
+        self,
+        obs: th.Tensor,
+        lstm_states: RNNStates,
+        episode_starts: th.Tensor,
+        deterministic: bool = False,
+    ) -> tuple[th.Tensor, th.Tensor, th.Tensor, RNNStates]:
+        """sb3-contrib's ``forward``; with ``detach_critic=False`` the value comes from the shared
+        RIM's output itself, not its detached copy."""
+        if self.detach_critic:
+            return super().forward(obs, lstm_states, episode_starts, deterministic)
+        latent_pi, latent_vf, states = self._shared_latents(obs, lstm_states.pi, episode_starts)
+        distribution = self._get_action_dist_from_latent(latent_pi)
+        actions = distribution.get_actions(deterministic=deterministic)
+        log_prob = distribution.log_prob(actions)
+        actions = actions.reshape((-1, *self.action_space.shape))  # type: ignore[misc]
+        return actions, self.value_net(latent_vf), log_prob, RNNStates(states, states)
+
+    def predict_values(  # type: ignore[override]  # sb3-contrib's signature
+        self, obs: th.Tensor, lstm_states: tuple[th.Tensor, th.Tensor], episode_starts: th.Tensor
+    ) -> th.Tensor:
+        """sb3-contrib's ``predict_values``; with ``detach_critic=False``, without the detach."""
+        if self.detach_critic:
+            return super().predict_values(obs, lstm_states, episode_starts)
+        _, latent_vf, _ = self._shared_latents(obs, lstm_states, episode_starts)
+        return self.value_net(latent_vf)
+
+    def evaluate_actions(  # type: ignore[override]  # sb3-contrib's signature
+        self, obs: th.Tensor, actions: th.Tensor, lstm_states: RNNStates, episode_starts: th.Tensor
+    ) -> tuple[th.Tensor, th.Tensor, th.Tensor | None]:
+        """sb3-contrib's ``evaluate_actions``; with ``detach_critic=False`` the value loss's
+        gradient flows into the shared RIM and the features extractor."""
+        if self.detach_critic:
+            return super().evaluate_actions(obs, actions, lstm_states, episode_starts)
+        latent_pi, latent_vf, _ = self._shared_latents(obs, lstm_states.pi, episode_starts)
+        distribution = self._get_action_dist_from_latent(latent_pi)
+        return self.value_net(latent_vf), distribution.log_prob(actions), distribution.entropy()
 
     @staticmethod
     def _process_sequence(  # type: ignore[override]  # sb3-contrib annotates the states as one Tensor
@@ -332,6 +401,7 @@ class RimActorCriticCnnPolicy(RimActorCriticPolicy):
         enable_critic_lstm: bool = True,
         lstm_kwargs: dict[str, Any] | None = None,
         rim_kwargs: dict[str, Any] | None = None,
+        detach_critic: bool = True,
     ):
         super().__init__(
             observation_space,
@@ -357,6 +427,7 @@ class RimActorCriticCnnPolicy(RimActorCriticPolicy):
             enable_critic_lstm,
             lstm_kwargs,
             rim_kwargs,
+            detach_critic,
         )
 
 
@@ -392,6 +463,7 @@ class RimMultiInputActorCriticPolicy(RimActorCriticPolicy):
         enable_critic_lstm: bool = True,
         lstm_kwargs: dict[str, Any] | None = None,
         rim_kwargs: dict[str, Any] | None = None,
+        detach_critic: bool = True,
     ):
         super().__init__(
             observation_space,
@@ -417,6 +489,7 @@ class RimMultiInputActorCriticPolicy(RimActorCriticPolicy):
             enable_critic_lstm,
             lstm_kwargs,
             rim_kwargs,
+            detach_critic,
         )
 
 

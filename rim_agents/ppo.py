@@ -40,6 +40,11 @@ class RimPPO(RecurrentPPO):
         policy, the LSTM included (its ``nn.LSTM`` then runs step by step in any lane that
         holds an episode start: correct, slower). The two differ in which episode pieces
         share a minibatch, so this is how to compare policies under the same minibatches.
+    :param max_lane_length: with the packed lanes, cut every env's rollout into pieces of at
+        most this many steps (truncated backpropagation through time; each piece starts from
+        the state stored during the rollout, as sb3-contrib's sequences do). Shorter lanes
+        mean more of them per minibatch, which a CPU computes faster (docs/atari.md); None
+        (default) cuts only at episode starts and rollout ends.
     Other arguments are sb3-contrib's ``RecurrentPPO``'s.
     """
 
@@ -50,13 +55,28 @@ class RimPPO(RecurrentPPO):
         "MultiInputRimPolicy": MultiInputRimPolicy,
     }
 
-    def __init__(self, *args: Any, packed_minibatches: bool | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *args: Any,
+        packed_minibatches: bool | None = None,
+        max_lane_length: int | None = None,
+        **kwargs: Any,
+    ) -> None:
         if packed_minibatches is not None and not isinstance(packed_minibatches, bool):
             raise ValueError(
                 f"packed_minibatches must be True, False or None (packed for RIM policies only), "
                 f"got {packed_minibatches!r}"
             )
-        self.packed_minibatches = packed_minibatches  # read by _setup_model, which __init__ calls
+        if max_lane_length is not None and (
+            isinstance(max_lane_length, bool) or not isinstance(max_lane_length, int) or max_lane_length < 1
+        ):
+            raise ValueError(
+                "max_lane_length must be a positive integer (steps) or None (no limit), "
+                f"got {max_lane_length!r}"
+            )
+        # read by _setup_model, which __init__ calls
+        self.packed_minibatches = packed_minibatches
+        self.max_lane_length = max_lane_length
         super().__init__(*args, **kwargs)
 
     def _setup_model(self) -> None:
@@ -71,6 +91,11 @@ class RimPPO(RecurrentPPO):
         super()._setup_model()
         packed = self.packed_minibatches
         if not (isinstance(self.policy, RimActorCriticPolicy) if packed is None else packed):
+            if self.max_lane_length is not None:
+                raise ValueError(
+                    "max_lane_length applies to the packed lanes only; this model uses sb3-contrib's "
+                    "padded sequences (set packed_minibatches=True, or leave max_lane_length unset)"
+                )
             return
         # The parent built sb3-contrib's buffer; this one has the same storage.
         assert isinstance(self.policy, RecurrentActorCriticPolicy)  # every alias here is recurrent
@@ -88,3 +113,4 @@ class RimPPO(RecurrentPPO):
             gae_lambda=self.gae_lambda,
             n_envs=self.n_envs,
         )
+        self.rollout_buffer.max_lane_length = self.max_lane_length

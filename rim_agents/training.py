@@ -25,6 +25,7 @@ import importlib
 import inspect
 import os
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -71,6 +72,7 @@ _RECURRENT_POLICY_KWARGS = (
     "shared_lstm",
     "enable_critic_lstm",
     "lstm_kwargs",
+    "detach_critic",
 )
 VEC_ENVS = ("dummy", "subproc")
 CONFIG_FILE = "config.yaml"
@@ -80,8 +82,9 @@ CHECKPOINT_DIR = "checkpoints"
 # zoo's training keys. Arguments that the training core sets itself are left out.
 _SET_BY_CORE = {"self", "policy", "env", "tensorboard_log", "verbose", "seed", "device", "_init_setup_model"}
 ALGO_KEYS = frozenset(inspect.signature(RecurrentPPO.__init__).parameters) - _SET_BY_CORE
-# packed_minibatches is RimPPO's (rim_agents.ppo): which buffer builds the minibatches.
-HYPERPARAM_KEYS = ALGO_KEYS | {"policy", "n_timesteps", "n_envs", "env_kwargs", "packed_minibatches"}
+# RimPPO's own (rim_agents.ppo): which buffer builds the minibatches, and how long their lanes may be.
+_RIMPPO_KEYS = ("packed_minibatches", "max_lane_length")
+HYPERPARAM_KEYS = ALGO_KEYS | {"policy", "n_timesteps", "n_envs", "env_kwargs", *_RIMPPO_KEYS}
 # Hyperparameters that may be a schedule string "lin_<start>" (linear decay to 0, as in the zoo).
 _SCHEDULE_KEYS = ("learning_rate", "clip_range", "clip_range_vf")
 # policy_kwargs entries given as dotted import paths in YAML.
@@ -369,7 +372,8 @@ def build_algorithm_kwargs(config: TrainConfig) -> tuple[type[OnPolicyAlgorithm]
         policy_name = policy_name.replace("Rim", "")
         for key in _RECURRENT_POLICY_KWARGS:
             policy_kwargs.pop(key, None)
-        hyperparams.pop("packed_minibatches", None)  # no sequences to pack
+        for key in _RIMPPO_KEYS:
+            hyperparams.pop(key, None)  # no sequences to pack
         algorithm = PPO
     elif config.policy == "lstm":
         policy_name = policy_name.replace("Rim", "Lstm")
@@ -379,6 +383,12 @@ def build_algorithm_kwargs(config: TrainConfig) -> tuple[type[OnPolicyAlgorithm]
         algorithm = RimPPO if hyperparams.get("packed_minibatches") else RecurrentPPO
         if algorithm is RecurrentPPO:
             hyperparams.pop("packed_minibatches", None)
+            if hyperparams.pop("max_lane_length", None) is not None:
+                warnings.warn(
+                    "max_lane_length is ignored for the LSTM policy: sb3-contrib's buffer cuts its "
+                    "sequences only at episode starts (set packed_minibatches: true to give it lanes)",
+                    stacklevel=2,
+                )
     _check_policy_kwargs(algorithm.policy_aliases[policy_name], policy_kwargs)
     for key in _SCHEDULE_KEYS:
         if key in hyperparams:

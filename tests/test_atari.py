@@ -199,3 +199,58 @@ def test_atari_script_rejects_an_unknown_game_before_creating_a_run(tmp_path, ca
     assert module.main(["--env", "ALE/Breakot-v5", "-f", str(tmp_path)]) == 2
     assert "close matches: ALE/Breakout-v5" in capsys.readouterr().err
     assert not list(tmp_path.iterdir())
+
+
+def test_fast_nature_cnn_computes_nature_cnn_and_loads_its_weights():
+    import torch as th
+    from gymnasium import spaces
+    from stable_baselines3.common.torch_layers import NatureCNN
+
+    from rim_agents.extractors import FastNatureCNN
+
+    space = spaces.Box(0, 255, (4, 84, 84), np.uint8)
+    th.manual_seed(0)
+    reference = NatureCNN(space)
+    fast = FastNatureCNN(space)
+    fast.load_state_dict(reference.state_dict())  # same layers, same parameter names
+    weight = fast.cnn[0].weight
+    frames = th.randint(0, 256, (5, 4, 84, 84)).float() / 255.0
+    expected = reference(frames)
+    features = fast(frames)
+    # converted at the first call, in place: the optimizer's parameters are still the module's
+    assert fast.cnn[0].weight is weight and weight.is_contiguous(memory_format=th.channels_last)
+    assert features.dtype == th.float32 and features.shape == (5, 512)
+    assert th.allclose(features, expected, atol=1e-5)
+    features.sum().backward()
+    assert all(p.grad is not None and th.isfinite(p.grad).all() for p in fast.parameters())
+
+
+def test_fast_nature_cnn_in_bf16_stays_close_and_returns_float32():
+    import torch as th
+    from gymnasium import spaces
+
+    from rim_agents.extractors import FastNatureCNN, cpu_has_native_bf16
+
+    space = spaces.Box(0, 255, (4, 84, 84), np.uint8)
+    if not cpu_has_native_bf16():
+        with pytest.warns(UserWarning, match=r"computes in float32 on this CPU"):
+            FastNatureCNN(space, bf16=True)
+        pytest.skip("this CPU has no native BF16: the option falls back to float32 (checked above)")
+    th.manual_seed(0)
+    fast = FastNatureCNN(space, bf16=True)
+    exact = FastNatureCNN(space)
+    exact.load_state_dict(fast.state_dict())
+    frames = th.randint(0, 256, (8, 4, 84, 84)).float() / 255.0
+    low, high = fast(frames), exact(frames)
+    assert low.dtype == th.float32
+    # BF16 keeps 8 bits of mantissa: about 2-3 significant digits through four layers.
+    assert (low - high).abs().max() < 0.05 * high.abs().max()
+    assert not th.equal(low, high)
+
+
+def test_the_atari_yaml_trains_every_policy_with_the_fast_pixel_network():
+    from rim_agents.extractors import FastNatureCNN
+
+    for policy in ("rim", "lstm", "ppo"):
+        _, _, kwargs = build_algorithm_kwargs(make_config(GAME, policy=policy))
+        assert kwargs["policy_kwargs"]["features_extractor_class"] is FastNatureCNN, policy

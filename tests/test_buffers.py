@@ -113,6 +113,11 @@ ROLLOUT_CASES: dict[str, tuple[Any, str, dict[str, Any]]] = {
     "discrete": ("CartPole-v1", "MlpRimPolicy", {}),
     "box-actions": ("MountainCarContinuous-v0", "MlpRimPolicy", {}),
     "shared-rim": ("CartPole-v1", "MlpRimPolicy", {"shared_lstm": True, "enable_critic_lstm": False}),
+    "shared-rim-both-losses": (
+        "CartPole-v1",
+        "MlpRimPolicy",
+        {"shared_lstm": True, "enable_critic_lstm": False, "detach_critic": False},
+    ),
     "no-critic-rim": ("CartPole-v1", "MlpRimPolicy", {"enable_critic_lstm": False}),
     "two-rim-layers": ("CartPole-v1", "MlpRimPolicy", {"n_lstm_layers": 2}),
     "gru-cell": ("CartPole-v1", "MlpRimPolicy", {"rim_kwargs": {**TINY_RIM, "cell": "gru"}}),
@@ -137,6 +142,64 @@ def test_training_forward_reproduces_the_rollout_log_probs_and_values(
         policy_kwargs={"rim_kwargs": TINY_RIM, **policy_kwargs},
     )
     _assert_the_update_reproduces_the_rollout(model)
+
+
+@pytest.mark.parametrize("max_lane_length", [1, 5, 16])
+def test_lanes_capped_in_length_reproduce_the_rollout_from_its_stored_states(max_lane_length: int) -> None:
+    model = RimPPO(
+        "MlpRimPolicy",
+        make_vec_env("CartPole-v1", n_envs=4, seed=0),
+        n_steps=32,
+        batch_size=40,
+        seed=0,
+        max_lane_length=max_lane_length,
+        policy_kwargs={"rim_kwargs": TINY_RIM},
+    )
+    _assert_the_update_reproduces_the_rollout(model)
+    for layout in model.rollout_buffer.get(model.batch_size):
+        assert layout.episode_starts.numel() / layout.lstm_states.pi[0].shape[1] <= max_lane_length
+
+
+@pytest.mark.parametrize("max_lane_length", [1, 4, 7, 32, 100])
+def test_capped_lanes_cut_every_env_at_multiples_of_the_cap_and_nowhere_else(max_lane_length: int) -> None:
+    np.random.seed(2)
+    n_envs, n_steps = 8, 32
+    total = n_envs * n_steps
+    starts = _episode_starts(n_envs, n_steps, probability=0.05)
+    flat_starts = starts.reshape(-1)
+    layouts = lane_layout(starts, 64, max_lane_length)
+    assert np.array_equal(
+        np.sort(np.concatenate([layout[layout < total] for layout in layouts])), np.arange(total)
+    )
+    cap_cuts = 0
+    for layout in layouts:
+        assert layout.shape[1] <= min(max_lane_length, n_steps)
+        for lane in _real_slots(layout, total):
+            for before, step in itertools.pairwise(lane):
+                follows = step == before + 1 and step % n_steps % max_lane_length != 0
+                assert follows or flat_starts[step] == 1, (before, step)
+            # A lane that continues an episode starts at a cut: the cap, an env's first step, or a
+            # minibatch boundary (where SB3's shuffled deal splits a piece).
+            cap_cuts += int(lane[0] % n_steps % max_lane_length == 0 and lane[0] % n_steps != 0)
+    assert (cap_cuts > 0) == (max_lane_length < n_steps)
+
+
+@pytest.mark.parametrize("value", [0, -1, 2.5, True, "8"])
+def test_rimppo_rejects_a_max_lane_length_that_is_not_a_positive_integer(value: Any) -> None:
+    with pytest.raises(ValueError, match=r"max_lane_length must be a positive integer \(steps\) or None"):
+        RimPPO("MlpRimPolicy", "CartPole-v1", max_lane_length=value, policy_kwargs={"rim_kwargs": TINY_RIM})
+
+
+def test_max_lane_length_is_refused_where_sb3_contribs_sequences_are_used_and_kept_through_save(
+    tmp_path: Path,
+) -> None:
+    with pytest.raises(ValueError, match=r"max_lane_length applies to the packed lanes only"):
+        RimPPO("MlpLstmPolicy", "CartPole-v1", max_lane_length=8)
+    model = RimPPO(
+        "MlpRimPolicy", "CartPole-v1", n_steps=16, max_lane_length=8, policy_kwargs={"rim_kwargs": TINY_RIM}
+    )
+    model.save(tmp_path / "model.zip")
+    assert RimPPO.load(tmp_path / "model.zip").rollout_buffer.max_lane_length == 8
 
 
 @pytest.mark.parametrize("n_lstm_layers", [1, 2])

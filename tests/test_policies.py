@@ -20,6 +20,7 @@ from gymnasium import spaces
 from minigrid.wrappers import ImgObsWrapper
 from sb3_contrib import RecurrentPPO
 from sb3_contrib.common.recurrent.policies import RecurrentActorCriticPolicy
+from sb3_contrib.common.recurrent.type_aliases import RNNStates
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.envs import FakeImageEnv, SimpleMultiObsEnv
@@ -69,6 +70,12 @@ LEARN_CASES = {
     "pendulum-box": ("Pendulum-v1", MlpRimPolicy, {}, {}),
     "pendulum-gsde": ("Pendulum-v1", MlpRimPolicy, {}, {"use_sde": True, "sde_sample_freq": 4}),
     "shared-rim": ("CartPole-v1", MlpRimPolicy, {"shared_lstm": True, "enable_critic_lstm": False}, {}),
+    "shared-rim-both-losses": (
+        "CartPole-v1",
+        MlpRimPolicy,
+        {"shared_lstm": True, "enable_critic_lstm": False, "detach_critic": False},
+        {},
+    ),
     "no-critic-rim": ("CartPole-v1", MlpRimPolicy, {"enable_critic_lstm": False}, {}),
     "two-rim-layers": ("CartPole-v1", MlpRimPolicy, {"n_lstm_layers": 2}, {}),
     "separate-extractors": ("CartPole-v1", MlpRimPolicy, {"share_features_extractor": False}, {}),
@@ -130,6 +137,33 @@ def test_option_layout_matches_sb3_contrib() -> None:
     assert no_critic.lstm_critic is None and isinstance(no_critic.critic, nn.Linear)
     assert no_critic.critic.out_features == TINY_HIDDEN
     assert isinstance(separate.lstm_critic, RIM) and separate.lstm_critic is not separate.lstm_actor
+
+
+@pytest.mark.parametrize("detach_critic", [True, False])
+def test_the_value_loss_reaches_the_shared_rim_only_without_detach_critic(detach_critic: bool) -> None:
+    policy = _policy(shared_lstm=True, enable_critic_lstm=False, detach_critic=detach_critic)
+    obs = th.randn(6, 5)
+    states = RNNStates(*[(th.zeros(1, 2, TINY_HIDDEN), th.zeros(1, 2, TINY_HIDDEN))] * 2)
+    starts = th.zeros(6)
+    values, log_prob, _ = policy.evaluate_actions(obs, th.zeros(6), states, starts)
+    rim_weights = list(policy.lstm_actor.parameters())
+    value_gradients = th.autograd.grad(values.sum(), rim_weights, allow_unused=True, retain_graph=True)
+    reached = any(g is not None and g.abs().max() > 0 for g in value_gradients)
+    assert reached == (not detach_critic)
+    # The actor's loss trains the RIM either way, and forward and predict_values agree with it.
+    assert any(g is not None for g in th.autograd.grad(log_prob.sum(), rim_weights, allow_unused=True))
+    with th.no_grad():
+        predicted = policy.predict_values(obs, states.pi, starts)
+        _, forward_values, _, forward_states = policy(obs, states, starts)
+    assert th.allclose(predicted, values.detach()) and th.allclose(forward_values, values.detach())
+    assert all(th.equal(a, b) for a, b in zip(forward_states.pi, forward_states.vf, strict=True))
+
+
+def test_detach_critic_false_needs_the_shared_rim() -> None:
+    with pytest.raises(ValueError, match=r"detach_critic=False needs shared_lstm=True"):
+        _policy(detach_critic=False)
+    with pytest.raises(ValueError, match=r"detach_critic must be True or False, got 'no'"):
+        _policy(shared_lstm=True, enable_critic_lstm=False, detach_critic="no")
 
 
 def test_policy_holds_no_lstm_and_optimizer_covers_exactly_its_parameters() -> None:
