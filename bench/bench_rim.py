@@ -16,7 +16,11 @@ Cases (the RL sizes are the project YAML's MiniGrid RIM, 4 units x 32, k=2):
   rollout     one rollout step of the paper-size RIM, N=8, L=1, D=64, vs nn.LSTM(64, 600);
   train       a long training batch of the paper-size RIM, N=32, L=128, D=64, with resets;
   threads     the native op's forward+backward at several sizes, at --threads against one
-              thread (the op splits units across threads above a size; see docs/native.md).
+              thread (the op splits units across threads above a size; see docs/native.md);
+  atari       the Atari YAML's RIM (GRU units, 6 x 85, k=4, D=512 NatureCNN features) against
+              nn.GRU(512, 510): a PPO minibatch of 256 steps forward+backward, as lanes x steps
+              (2 x 128 is RimPPO's layout for 8 envs x 128 steps without max_lane_length, the
+              shorter lanes are what max_lane_length gives), and a rollout step of 8 envs.
 
 Each case times the RIM on its default backend (``RIM``: the native op on CPU where it
 builds), on the PyTorch path (``RIM, torch``), and with the paper's linear communication
@@ -47,7 +51,9 @@ from rim_agents.nn import RIM, native
 from rim_agents.threads import torch_threads
 
 Case = Callable[[], None]
-CASES = ["paper", "rl-train", "rl-rollout", "rollout", "train", "threads"]
+CASES = ["paper", "rl-train", "rl-rollout", "rollout", "train", "threads", "atari"]
+# (lanes, steps) layouts of the atari case's 256-step minibatch.
+ATARI_LANES = [(2, 128), (4, 64), (8, 32), (16, 16), (32, 8)]
 # (L, N, K, H, k) of the threads case: the RL training shape up to the paper size.
 THREAD_SHAPES = [
     (64, 16, 4, 32, 2),
@@ -216,6 +222,37 @@ def threads_case(threads: int, repeats: int, device: torch.device) -> None:
         print(f"| {shape} | {work / 2**22:.1f} x 2^22 | {medians['1'] * 1e3:.1f} ms | {ratio:.2f} |")
 
 
+def atari_case(repeats: int, device: torch.device) -> None:
+    """The Atari RIM and nn.GRU of the same hidden size at each minibatch layout, and a rollout step."""
+    size, gru = (6, 85, 4), nn.GRU(512, 510).to(device)
+    print("\n## Atari RIM (GRU 6 x 85, k=4, D=512) vs nn.GRU(512, 510): 256 steps, forward+backward")
+    print("| lanes x steps | RIM | nn.GRU | ratio |")
+    print("|---|---|---|---|")
+    module = rim(512, size, device, "auto", cell="gru")
+    for lanes, steps in ATARI_LANES:
+        x = torch.randn(steps, lanes, 512, device=device)
+        cases = {
+            "nn.GRU": backward_case(lambda x=x: gru(x)[0], list(gru.parameters())),
+            "RIM": backward_case(lambda x=x: module(x)[0], list(module.parameters())),
+        }
+        medians = measure(cases, repeats, device)
+        rim_ms, gru_ms = medians["RIM"] * 1e3, medians["nn.GRU"] * 1e3
+        print(f"| {lanes} x {steps} | {rim_ms:.1f} ms | {gru_ms:.1f} ms | {rim_ms / gru_ms:.2f} |")
+    steps, x = 100, torch.randn(1, 8, 512, device=device)
+    module.eval()
+    h = torch.zeros(1, 8, 510, device=device)
+    cases = {
+        "nn.GRU": inference_case(lambda: gru(x, h)[0], steps),
+        "RIM": inference_case(lambda: module(x, (h, h))[0], steps),
+    }
+    report(
+        f"Atari rollout step: inference, N=8 L=1 D=512, GRU 6x85 k=4 ({steps} steps per run)",
+        measure(cases, repeats, device),
+        "nn.GRU",
+        f"per {steps} steps",
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -292,6 +329,9 @@ def main() -> None:
 
     if "threads" in args.cases:
         threads_case(threads, args.repeats, device)
+
+    if "atari" in args.cases:
+        atari_case(args.repeats, device)
 
     print("\n## targets (issue: fused RIM operator), RIM default backend / nn.LSTM")
     print("| case | ratio | must | goal | must holds |")
