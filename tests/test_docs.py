@@ -1,6 +1,10 @@
-"""Every markdown link in the README and docs/ resolves."""
+"""Every markdown link in the README and docs/ resolves, and the docs site builds with --strict."""
 
+import importlib.util
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -77,3 +81,20 @@ def test_link_check_finds_broken_links(tmp_path):
 @pytest.mark.parametrize("path", PAGES, ids=[str(path.relative_to(ROOT)) for path in PAGES])
 def test_markdown_links_resolve(path):
     assert broken_links(path) == []
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("mkdocs") is None, reason="mkdocs is not installed (the docs extra)"
+)
+def test_docs_site_builds_strictly(tmp_path):
+    """A broken link, a page left out of the nav or an API name that no longer exists fails this."""
+    result = subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(tmp_path / "site")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "NO_MKDOCS_2_WARNING": "1"},
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert (tmp_path / "site" / "api" / "nn" / "index.html").exists()
