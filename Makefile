@@ -1,12 +1,14 @@
 # One command each: `make test` (the default test suite), `make main` (the main job).
 # Both create .venv and install the pinned versions from requirements/constraints.txt.
+# `make test` and `make docs` also install the `docs` extra (mkdocs), which `make main` does not need.
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
+DOCS_STAMP := $(VENV)/.installed-docs
 export OMP_WAIT_POLICY ?= PASSIVE
 
-.PHONY: install test test-slow lint format type check main copying lock bench clean
+.PHONY: install test test-slow lint format type check main copying lock bench docs clean
 
 $(STAMP): pyproject.toml requirements/constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -15,9 +17,14 @@ $(STAMP): pyproject.toml requirements/constraints.txt
 	$(PY) -m pip install --quiet -c requirements/constraints.txt -e '.[dev,sweep]'
 	touch $(STAMP)
 
+# The docs site's packages: tests/test_docs.py builds the site with --strict, so `make test` needs them.
+$(DOCS_STAMP): $(STAMP)
+	$(PY) -m pip install --quiet -c requirements/constraints.txt -e '.[docs]'
+	touch $(DOCS_STAMP)
+
 install: $(STAMP)
 
-test: $(STAMP)
+test: $(STAMP) $(DOCS_STAMP)
 	$(PY) -m pytest -q
 
 test-slow: $(STAMP)
@@ -46,10 +53,13 @@ bench: $(STAMP)
 	$(PY) bench/bench_rim.py
 	$(PY) bench/bench_ppo.py
 
-lock: $(STAMP)
+docs: $(DOCS_STAMP)
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict
+
+lock: $(STAMP) $(DOCS_STAMP)
 	head -n 2 requirements/constraints.txt > requirements/constraints.txt.new
 	$(PY) -m pip freeze --exclude-editable | sed -e 's/+cpu//' >> requirements/constraints.txt.new
 	mv requirements/constraints.txt.new requirements/constraints.txt
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache site

@@ -52,7 +52,7 @@ EVALUATION_KWARGS: dict[str, Any] = {}
 class SuccessInfo(gym.Wrapper):
     """Set ``info["is_success"]`` at the last step of an episode: True when the reward there is positive.
 
-    :param env: a MiniGrid environment
+    ``SuccessInfo(env)`` wraps a MiniGrid environment (``gym.Wrapper``'s constructor).
     """
 
     def step(self, action: Any) -> tuple[Any, SupportsFloat, bool, bool, dict[str, Any]]:

@@ -62,8 +62,8 @@ class RIM(nn.Module):
             on the PyTorch path (``backend="auto"`` uses it; ``"native"`` refuses). The
             query and key weights stay in the module (same ``state_dict`` keys) unused, and
             ``input_dropout`` drops a unit's whole read.
-        comm_key_size, comm_value_size: communication key and value size per head
-            (paper: 32, 32).
+        comm_key_size: communication key size per head (paper: 32).
+        comm_value_size: communication value size per head (paper: 32).
         comm_heads: communication heads (paper: 4).
         comm_dropout: dropout on the communication attention weights (paper: 0.1).
         communicate: ``False`` removes communication (the paper's ablation).
@@ -100,9 +100,12 @@ class RIM(nn.Module):
     Attention dropout (``input_dropout``, ``comm_dropout``) draws one mask per layer and
     call, before the time loop, and both backends apply the same masks.
 
+    The arguments ``input_size``, ``num_layers``, ``num_units``, ``unit_size``, ``top_k``,
+    ``cell``, ``comm_read``, ``input_attention``, ``backend`` and ``cuda_graphs`` are kept as
+    attributes of the same name.
+
     Attributes:
-        input_size, hidden_size, num_layers, num_units, unit_size, top_k, cell, comm_read,
-        input_attention, backend, cuda_graphs.
+        hidden_size: ``K*H``, as ``nn.LSTM``'s.
         last_active: ``(L, num_layers, N, K)`` booleans, which units were active at each
             step of the last forward call (``(L, num_layers, K)`` unbatched), or None
             before the first call. Recorded during the pass, no extra computation.
