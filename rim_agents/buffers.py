@@ -141,6 +141,9 @@ class _LaneSampling:
     device: th.device
     episode_starts: np.ndarray
     max_lane_length: int | None = None  # see lane_layout; RimPPO sets it
+    # Keep (C, H, W) image observations in NHWC memory order, so that each minibatch reaches a
+    # channels_last pixel network (FastNatureCNN) without a reorder: RimPPO sets it for one.
+    channels_last_images: bool = False
 
     def _pad_row(self, array: np.ndarray) -> th.Tensor:
         """``(T, E, ...)`` -> ``(N + 1, ...)``: env-major, with a zero row for empty slots."""
@@ -209,6 +212,9 @@ class RimRolloutBuffer(_LaneSampling, RecurrentRolloutBuffer):
     def _prepare(self) -> None:
         super()._prepare()
         self._observations = self._pad_row(self.observations)
+        if self.channels_last_images and self._observations.dim() == 4:
+            # (N + 1, C, H, W) in NHWC order: a minibatch gathered from it keeps that order
+            self._observations = self._observations.contiguous(memory_format=th.channels_last)
 
 
 class RimDictRolloutBuffer(_LaneSampling, RecurrentDictRolloutBuffer):

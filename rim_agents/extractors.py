@@ -259,7 +259,7 @@ class FastNatureCNN(NatureCNN):
         :return: ``(N, features_dim)`` float32
         """
         if self.channels_last:
-            if not self.cnn[0].weight.is_contiguous(memory_format=th.channels_last):
+            if not next(self.cnn.parameters()).is_contiguous(memory_format=th.channels_last):
                 # Here, not in __init__: SB3's orthogonal initialisation needs contiguous weights.
                 # The parameters stay the same objects, so the optimizer keeps them.
                 self.cnn.to(memory_format=th.channels_last)  # type: ignore[call-overload]  # not in the stubs

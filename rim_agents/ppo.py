@@ -11,6 +11,7 @@ from sb3_contrib.common.recurrent.policies import RecurrentActorCriticPolicy
 from stable_baselines3.common.policies import BasePolicy
 
 from rim_agents.buffers import RimDictRolloutBuffer, RimRolloutBuffer
+from rim_agents.extractors import FastNatureCNN
 from rim_agents.policies import CnnRimPolicy, MlpRimPolicy, MultiInputRimPolicy, RimActorCriticPolicy
 
 
@@ -114,3 +115,7 @@ class RimPPO(RecurrentPPO):
             n_envs=self.n_envs,
         )
         self.rollout_buffer.max_lane_length = self.max_lane_length
+        extractor = self.policy.features_extractor
+        self.rollout_buffer.channels_last_images = (
+            isinstance(extractor, FastNatureCNN) and extractor.channels_last
+        )

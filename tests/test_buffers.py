@@ -15,9 +15,10 @@ from sb3_contrib import RecurrentPPO
 from sb3_contrib.common.recurrent.buffers import RecurrentDictRolloutBuffer, RecurrentRolloutBuffer
 from stable_baselines3.common.callbacks import CallbackList
 from stable_baselines3.common.env_util import make_vec_env
-from stable_baselines3.common.envs import SimpleMultiObsEnv
+from stable_baselines3.common.envs import FakeImageEnv, SimpleMultiObsEnv
 
 from rim_agents.buffers import RimDictRolloutBuffer, RimRolloutBuffer, lane_layout, pack_lanes
+from rim_agents.extractors import FastNatureCNN
 from rim_agents.policies import MlpRimPolicy
 from rim_agents.ppo import RimPPO
 
@@ -122,6 +123,11 @@ ROLLOUT_CASES: dict[str, tuple[Any, str, dict[str, Any]]] = {
     "two-rim-layers": ("CartPole-v1", "MlpRimPolicy", {"n_lstm_layers": 2}),
     "gru-cell": ("CartPole-v1", "MlpRimPolicy", {"rim_kwargs": {**TINY_RIM, "cell": "gru"}}),
     "dict-obs": (SimpleMultiObsEnv, "MultiInputRimPolicy", {}),
+    "fast-pixels": (
+        lambda: FakeImageEnv(screen_height=36, screen_width=36, n_channels=3),
+        "CnnRimPolicy",
+        {"features_extractor_class": FastNatureCNN},
+    ),
 }
 
 
@@ -330,3 +336,26 @@ def test_rimppo_trains_the_rim_weights_with_every_option(case: str) -> None:
     assert model.num_timesteps == 64
     assert th.isfinite(after).all()
     assert (after - before).abs().max() > 0
+
+
+def test_image_observations_reach_a_channels_last_network_in_nhwc_order() -> None:
+    env = make_vec_env(
+        lambda: FakeImageEnv(screen_height=36, screen_width=36, n_channels=3), n_envs=2, seed=0
+    )
+    cases = {True: {"features_extractor_class": FastNatureCNN}, False: {}}
+    for channels_last, kwargs in cases.items():
+        model = RimPPO(
+            "CnnRimPolicy",
+            env,
+            n_steps=16,
+            batch_size=16,
+            seed=0,
+            policy_kwargs={"rim_kwargs": TINY_RIM, **kwargs},
+        )
+        assert model.rollout_buffer.channels_last_images == channels_last
+        _collect_one_rollout(model)
+        observations = next(iter(model.rollout_buffer.get(16))).observations
+        assert observations.dtype == th.uint8 and observations.dim() == 4
+        assert observations.is_contiguous(memory_format=th.channels_last) == channels_last
+        # the NCHW contents are the same either way
+        assert th.equal(observations[:, :, 0, 0], observations.contiguous()[:, :, 0, 0])
