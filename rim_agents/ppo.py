@@ -11,6 +11,7 @@ from sb3_contrib.common.recurrent.policies import RecurrentActorCriticPolicy
 from stable_baselines3.common.policies import BasePolicy
 
 from rim_agents.buffers import RimDictRolloutBuffer, RimRolloutBuffer
+from rim_agents.checks import check_device
 from rim_agents.policies import CnnRimPolicy, MlpRimPolicy, MultiInputRimPolicy, RimActorCriticPolicy
 
 
@@ -56,6 +57,7 @@ class RimPPO(RecurrentPPO):
                 f"packed_minibatches must be True, False or None (packed for RIM policies only), "
                 f"got {packed_minibatches!r}"
             )
+        check_device(kwargs.get("device", "auto"))  # SB3 would quietly train on the CPU instead
         self.packed_minibatches = packed_minibatches  # read by _setup_model, which __init__ calls
         super().__init__(*args, **kwargs)
 
