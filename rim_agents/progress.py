@@ -11,6 +11,7 @@ import sys
 import time
 from typing import Any
 
+import numpy as np
 from stable_baselines3.common.callbacks import BaseCallback, EvalCallback
 
 
@@ -64,9 +65,10 @@ class Progress(BaseCallback):
             f"step {steps:,}/{self.target:,} ({100 * steps / self.target:.0f}%), "
             f"{(steps - self._start_steps) / elapsed:.0f} steps/s"
         )
-        done = self.evaluation.evaluations_timesteps if self.evaluation is not None else []
-        if done:
-            text += f", last evaluation {self.evaluation.last_mean_reward:.3f} at step {done[-1]:,}"  # type: ignore[union-attr]
+        # The evaluation history, not last_mean_reward: a resumed run reads the history back.
+        if self.evaluation is not None and self.evaluation.evaluations_timesteps:
+            mean = float(np.mean(self.evaluation.evaluations_results[-1]))
+            text += f", last evaluation {mean:.3f} at step {self.evaluation.evaluations_timesteps[-1]:,}"
         return text
 
     def _on_step(self) -> bool:
