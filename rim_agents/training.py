@@ -607,7 +607,8 @@ def train(
 
     :param config: the run's configuration
     :param run_dir: None creates a new run directory; an existing one continues from ``checkpoint``
-        or, when None, from its latest checkpoint (a fresh start when it has none)
+        or, when None, from its latest checkpoint (a fresh start when it has none; refused when it
+        holds a final model, which the fresh start would overwrite)
     :param checkpoint: a checkpoint to continue from (its run directory is used when ``run_dir`` is None)
     :param report: called after each evaluation as ``report(num_timesteps, mean_return, success_rate)``;
         returning False stops training early (a sweep's pruning; an exception it raises propagates)
@@ -632,10 +633,11 @@ def _train(
         run_dir, checkpoint = find_run(checkpoint)
     if run_dir is not None and checkpoint is None:
         checkpoint = latest_checkpoint(run_dir)
-        if (Path(run_dir) / "final_model.zip").exists():
+        if checkpoint is None and (Path(run_dir) / "final_model.zip").exists():
             raise ValueError(
-                f"{str(run_dir)!r} holds a finished run with no checkpoint to continue from; "
-                "start a new run in a new run directory instead of overwriting it"
+                f"{str(run_dir)!r} holds a finished run with no checkpoint to continue from: evaluate it "
+                f"(python scripts/evaluate.py --model {run_dir}) or start a new run (run_dir=None) "
+                "instead of overwriting it"
             )
     algorithm, policy_name, kwargs = check_run(config, run_dir)
 
