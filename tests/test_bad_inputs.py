@@ -124,15 +124,20 @@ def workspace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return tmp_path
 
 
+def case(name: str, argv: list[str], message: str, marks: pytest.MarkDecorator | tuple = ()) -> object:
+    """One command-line case, named by its command line."""
+    return pytest.param(name, argv, message, marks=marks, id=" ".join([name, *argv]))
+
+
 def train_cases() -> list:
     cases = []
     for family in FAMILIES:
         name = f"train_{family}"
         cases += [
-            pytest.param(name, ["-params", "n_steps:0"], "n_steps must be a positive integer, got 0"),
-            pytest.param(name, ["--device", "tpu"], "device='tpu' is not a torch device"),
-            pytest.param(name, ["--device", "cuda"], "no CUDA GPU", marks=NO_GPU),
-            pytest.param(name, ["-f", "{ws}/file.txt"], "file.txt' is a file, not a folder"),
+            case(name, ["-params", "n_steps:0"], "n_steps must be a positive integer, got 0"),
+            case(name, ["--device", "tpu"], "device='tpu' is not a torch device"),
+            case(name, ["--device", "cuda"], "no CUDA GPU", marks=NO_GPU),
+            case(name, ["-f", "{ws}/file.txt"], "file.txt' is a file, not a folder"),
         ]
     bad_values = {
         "n_steps:64.5": "n_steps must be a positive integer, got 64.5",
@@ -150,13 +155,11 @@ def train_cases() -> list:
         "learning_rate:abc": "learning_rate must be a number > 0 or a linear schedule 'lin_<start>'",
         "learning_rate:lin_0": "got 'lin_0'",
     }
+    cases += [case("train_classic", ["-params", item], message) for item, message in bad_values.items()]
     cases += [
-        pytest.param("train_classic", ["-params", item], message) for item, message in bad_values.items()
-    ]
-    cases += [
-        pytest.param("train_classic", ["--device", "cuda:7"], "device='cuda:7'", marks=NO_GPU),
-        pytest.param("train_classic", ["-f", "{ws}/file.txt/sub"], "file.txt' is a file, not a folder"),
-        pytest.param(
+        case("train_classic", ["--device", "cuda:7"], "device='cuda:7'", marks=NO_GPU),
+        case("train_classic", ["-f", "{ws}/file.txt/sub"], "file.txt' is a file, not a folder"),
+        case(
             "train_classic", ["--resume", "{ws}/logs/CartPoleNoVel-v1__rim__0__1700000000"], "no checkpoints"
         ),
     ]
@@ -164,74 +167,62 @@ def train_cases() -> list:
 
 
 MAIN_CASES = [
-    pytest.param("main", ["--episodes", "0"], "--episodes must be a positive integer, got 0"),
-    pytest.param("main", ["-n", "0"], "-n must be a positive integer, got 0"),
-    pytest.param("main", ["--control-steps", "0"], "--control-steps must be a positive integer"),
-    pytest.param("main", ["--train-minutes", "0"], "--train-minutes must be a positive number"),
-    pytest.param("main", ["--test-env", "Nope-v0"], "--test-env 'Nope-v0': env_id='Nope-v0' belongs to no"),
-    pytest.param(
-        "main", ["--test-env", "MiniGrid-MemoryS11-v0"], "is a minigrid task, but the agents train on"
-    ),
-    pytest.param(
-        "main", ["--test-env", "popgym-CountRecallEasy-v0"], "both agents must act in the test task"
-    ),
-    pytest.param("main", ["-params", "learning_rate:abc"], "learning_rate must be a number > 0"),
-    pytest.param("main", ["-params", "n_epochs:0"], "n_epochs must be a positive integer"),
-    pytest.param("main", ["--device", "cuda"], "no CUDA GPU", marks=NO_GPU),
-    pytest.param("main", ["-f", "{ws}/file.txt"], "file.txt' is a file, not a folder"),
+    case("main", ["--episodes", "0"], "--episodes must be a positive integer, got 0"),
+    case("main", ["-n", "0"], "-n must be a positive integer, got 0"),
+    case("main", ["--control-steps", "0"], "--control-steps must be a positive integer"),
+    case("main", ["--train-minutes", "0"], "--train-minutes must be a positive number"),
+    case("main", ["--test-env", "Nope-v0"], "--test-env 'Nope-v0': env_id='Nope-v0' belongs to no"),
+    case("main", ["--test-env", "MiniGrid-MemoryS11-v0"], "is a minigrid task, but the agents train on"),
+    case("main", ["--test-env", "popgym-CountRecallEasy-v0"], "both agents must act in the test task"),
+    case("main", ["-params", "learning_rate:abc"], "learning_rate must be a number > 0"),
+    case("main", ["-params", "n_epochs:0"], "n_epochs must be a positive integer"),
+    case("main", ["--device", "cuda"], "no CUDA GPU", marks=NO_GPU),
+    case("main", ["-f", "{ws}/file.txt"], "file.txt' is a file, not a folder"),
 ]
 EVALUATE_CASES = [
-    pytest.param(
-        "evaluate", ["--model", "{assets}/empty"], "no best_model.zip, final_model.zip nor checkpoints"
-    ),
-    pytest.param("evaluate", ["--model", "{ws}/nothing.zip"], "does not exist"),
-    pytest.param(
-        "evaluate", ["--model", "{assets}/dqn.zip"], "holds a DQNPolicy, the policy of another algorithm"
-    ),
-    pytest.param("evaluate", ["--model", "{assets}/rim_cartpole.zip"], "pass one with --env"),
-    pytest.param(
+    case("evaluate", ["--model", "{assets}/empty"], "no best_model.zip, final_model.zip nor checkpoints"),
+    case("evaluate", ["--model", "{ws}/nothing.zip"], "does not exist"),
+    case("evaluate", ["--model", "{assets}/dqn.zip"], "holds a DQNPolicy, the policy of another algorithm"),
+    case("evaluate", ["--model", "{assets}/rim_cartpole.zip"], "pass one with --env"),
+    case(
         "evaluate",
         ["--model", "{run}", "--env", "popgym-RepeatFirstEasy-v0"],
         "popgym-RepeatFirstEasy-v0 does not fit the agent trained on MiniGrid-MemoryS7-v0",
     ),
-    pytest.param(
+    case(
         "evaluate",
         ["--model", "{run}", "--env", "MinAtar/Breakout-v1"],
         "MinAtar/Breakout-v1 does not fit the agent trained on MiniGrid-MemoryS7-v0",
     ),
-    pytest.param("evaluate", ["--model", "{run}", "--video", "{ws}/file.txt"], "--video"),
-    pytest.param("evaluate", ["--model", "{run}", "--json", "{ws}/logs"], "--json '{ws}/logs' is a folder"),
-    pytest.param(
-        "evaluate", ["--model", "{run}", "--json", "{ws}/file.txt/r.json"], "is a file, not a folder"
-    ),
-    pytest.param("evaluate", ["--model", "{run}", "--activations", "{ws}/file.txt/u.png"], "--activations"),
-    pytest.param(
-        "evaluate", ["--model", "{run}", "--episodes", "0"], "--episodes must be a positive integer"
-    ),
-    pytest.param("evaluate", ["--model", "{run}", "--device", "cuda"], "no CUDA GPU", marks=NO_GPU),
+    case("evaluate", ["--model", "{run}", "--video", "{ws}/file.txt"], "--video"),
+    case("evaluate", ["--model", "{run}", "--json", "{ws}/logs"], "--json '{ws}/logs' is a folder"),
+    case("evaluate", ["--model", "{run}", "--json", "{ws}/file.txt/r.json"], "is a file, not a folder"),
+    case("evaluate", ["--model", "{run}", "--activations", "{ws}/file.txt/u.png"], "--activations"),
+    case("evaluate", ["--model", "{run}", "--episodes", "0"], "--episodes must be a positive integer"),
+    case("evaluate", ["--model", "{run}", "--device", "cuda"], "no CUDA GPU", marks=NO_GPU),
 ]
 SWEEP_CASES = [
-    pytest.param(
+    case(
         "sweep",
         ["create", "--storage", "{ws}/new.log", "--study", "s", "--grid", "{ws}/malformed.yaml"],
         "malformed.yaml' is not valid YAML",
     ),
-    pytest.param(
+    case(
         "sweep",
         ["create", "--storage", "{ws}/new.log", "--study", "s", "--grid", "{ws}/zero_steps.yaml"],
         "n_steps must be a positive integer, got 0",
     ),
-    pytest.param(
+    case(
         "sweep",
         ["work", "--storage", "{assets}/sweeps.log", "--study", "done", "--output", "{ws}/file.txt"],
         "--output '{ws}/file.txt'",
     ),
-    pytest.param(
+    case(
         "sweep",
         ["report", "--storage", "{assets}/sweeps.log", "--study", "done", "--output", "{ws}/logs"],
         "--output must be the folder the workers wrote to",
     ),
-    pytest.param(
+    case(
         "sweep",
         ["report", "--storage", "{assets}/sweeps.log", "--study", "done", "--json", "{ws}/file.txt/r.json"],
         "--json",
