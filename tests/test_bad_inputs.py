@@ -15,7 +15,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
-from types import ModuleType
+from types import ModuleType, SimpleNamespace
 
 import optuna
 import pytest
@@ -351,3 +351,31 @@ def test_a_fresh_start_into_a_finished_run_is_refused_and_leaves_it_as_it_was(as
     with pytest.raises(ValueError, match=r"holds a finished run with no checkpoint to continue from"):
         train(config, run_dir=run)
     assert snapshot(run) == before
+
+
+def test_a_second_identical_run_in_the_same_second_gets_its_own_folder(workspace, monkeypatch, capsys):
+    import rim_agents.training as training
+
+    # Both runs start "at once": the run directory's time stamp is the same second.
+    monkeypatch.setattr(training, "time", SimpleNamespace(time=lambda: 1_800_000_000.0))
+    argv = [
+        "-f",
+        str(workspace / "runs"),
+        "-n",
+        "32",
+        "--n-envs",
+        "2",
+        "--eval-freq",
+        "0",
+        "--save-freq",
+        "0",
+    ]
+    argv += ["-params", "n_steps:16", "batch_size:32", "n_epochs:1", "policy_kwargs.net_arch:[8]"]
+    argv += ["policy_kwargs.rim_kwargs:{'num_units':2,'unit_size':4,'top_k':1}"]
+    assert script("train_classic").main(argv) == 0
+    (first,) = (workspace / "runs").iterdir()
+    before = snapshot(first)
+    assert script("train_classic").main(argv) == 0
+    runs = sorted(path.name for path in (workspace / "runs").iterdir())
+    assert runs == ["CartPoleNoVel-v1__rim__0__1800000000", "CartPoleNoVel-v1__rim__0__1800000001"]
+    assert snapshot(first) == before
