@@ -57,7 +57,9 @@ def build_train_parser(description: str, default_env: str, env_help: str) -> arg
         default=None,
         help="keep the newest N checkpoints, delete older ones; 0 keeps all (default 5)",
     )
-    parser.add_argument("--device", default=None, help="torch device: auto, cpu, cuda")
+    parser.add_argument(
+        "--device", default=None, help="torch device: auto, cpu, cuda, cuda:N (refused where absent)"
+    )
     parser.add_argument(
         "--num-threads", type=int, default=None, help="CPU threads for torch (default 1: fastest for the RIM)"
     )
@@ -65,7 +67,11 @@ def build_train_parser(description: str, default_env: str, env_help: str) -> arg
         "-params", "--hyperparams", nargs="+", default=[], metavar="KEY:VALUE", help="overrides"
     )
     parser.add_argument("--resume", default=None, metavar="PATH", help="checkpoint .zip or run directory")
-    parser.add_argument("--no-progress-bar", action="store_true", help="hide the progress bar")
+    parser.add_argument(
+        "--no-progress-bar",
+        action="store_true",
+        help="print a plain progress line every 30 s instead of a bar (the default without a terminal)",
+    )
     parser.add_argument(
         "-v", "--verbose", type=int, default=None, help="1: print SB3's table and evaluations"
     )

@@ -10,24 +10,30 @@ Symbols:
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import gymnasium as gym
 import numpy as np
 from sb3_contrib import RecurrentPPO
 from sb3_contrib.common.recurrent.policies import RecurrentActorCriticPolicy
 from stable_baselines3 import PPO
+from stable_baselines3.common.monitor import Monitor
 from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
+from stable_baselines3.common.policies import ActorCriticPolicy
 from stable_baselines3.common.save_util import load_from_zip_file
-from stable_baselines3.common.vec_env import VecEnv
+from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv
 
 import rim_agents.policies  # noqa: F401  (the RIM policy classes must be importable for load)
+from envs import check_env_id, env_family
+from rim_agents.checks import check_device, check_writable_file, check_writable_folder
 from rim_agents.nn import RIM
 from rim_agents.plotting import plot_unit_activity
 from rim_agents.threads import torch_threads
-from rim_agents.training import CONFIG_FILE, TrainConfig, load_run_config, make_vec_env
+from rim_agents.training import CONFIG_FILE, TrainConfig, latest_checkpoint, load_run_config, make_vec_env
 
 # act(observation, episode_start) -> action, for a vectorised environment of one copy.
 ActFn = Callable[[Any, np.ndarray], np.ndarray]
@@ -44,29 +50,75 @@ def find_config(model_path: str | Path) -> TrainConfig | None:
     return None
 
 
+def resolve_model(path: str | Path) -> tuple[Path, str]:
+    """The model file that ``path`` names: itself, or in a run directory its best model, else its
+    final model, else its latest checkpoint.
+
+    :param path: a ``.zip`` or a run directory
+    :return: (the ``.zip``, which of the run's models it is: ``"best"``, ``"final"``, ``"latest
+        checkpoint"``, or ``"given"`` for a file)
+    """
+    path = Path(path)
+    if not path.exists():
+        raise ValueError(f"model {str(path)!r} does not exist; pass a .zip or a run directory")
+    if path.is_file():
+        return path, "given"
+    for name, which in (("best_model.zip", "best"), ("final_model.zip", "final")):
+        if (path / name).is_file():
+            return path / name, which
+    checkpoint = latest_checkpoint(path)
+    if checkpoint is None:
+        raise ValueError(
+            f"{str(path)!r} is a folder with no best_model.zip, final_model.zip nor checkpoints/: pass a "
+            "run directory written by the training scripts or a model .zip"
+        )
+    return checkpoint, "latest checkpoint"
+
+
 def load_agent(model_path: str | Path, device: str = "auto") -> tuple[OnPolicyAlgorithm, TrainConfig | None]:
     """Load a saved agent (RecurrentPPO with a RIM or LSTM policy, or memoryless PPO) and its run
     configuration if there is one. The algorithm is read from the saved policy class.
 
-    :param model_path: path to the ``.zip``
+    :param model_path: path to the ``.zip`` (see :func:`resolve_model` for a run directory)
     :param device: torch device
     """
+    check_device(device)
     path = Path(model_path)
     if not path.is_file():
         raise ValueError(f"model {str(path)!r} does not exist")
     data, _, _ = load_from_zip_file(path, load_data=True, device="cpu")
     if data is None or not isinstance(data.get("policy_class"), type):
         raise ValueError(f"{str(path)!r} holds no Stable-Baselines3 model (no policy class in its data)")
+    if not issubclass(data["policy_class"], ActorCriticPolicy):
+        raise ValueError(
+            f"{str(path)!r} holds a {data['policy_class'].__name__}, the policy of another algorithm: "
+            "only PPO and RecurrentPPO agents (RIM, LSTM or memoryless) can be evaluated here"
+        )
     recurrent = issubclass(data["policy_class"], RecurrentActorCriticPolicy)
     algorithm: type[OnPolicyAlgorithm] = RecurrentPPO if recurrent else PPO
     return algorithm.load(path, device=device), find_config(path)
 
 
 def _evaluation_env(env_id: str, env_kwargs: dict[str, Any], seed: int, render: bool) -> VecEnv:
-    config = TrainConfig(env=env_id, hyperparams={"env_kwargs": env_kwargs})
-    env = make_vec_env(config, 1, seed, render_mode="rgb_array" if render else None, evaluation=True)
+    render_mode = "rgb_array" if render else None
+    try:
+        check_env_id(env_id)
+    except ValueError:
+        if env_id not in gym.registry:
+            raise
+        # Any other gymnasium id, as it is: a CartPole-v1 agent evaluates on CartPole-v1.
+        env: VecEnv = DummyVecEnv([lambda: Monitor(gym.make(env_id, render_mode=render_mode))])
+    else:
+        config = TrainConfig(env=env_id, hyperparams={"env_kwargs": env_kwargs})
+        env = make_vec_env(config, 1, seed, render_mode=render_mode, evaluation=True)
     env.seed(seed)
     return env
+
+
+def _same_family(env_id: str, other: str) -> bool:
+    with contextlib.suppress(ValueError):
+        return env_family(env_id) == env_family(other)
+    return False
 
 
 def run_episodes(
@@ -187,6 +239,10 @@ def _evaluate(
     device: str,
 ) -> dict[str, Any]:
     """:func:`evaluate` with the thread count already set."""
+    if video_dir is not None:
+        check_writable_folder(video_dir, "--video")
+    if activations_path is not None:
+        check_writable_file(activations_path, "--activations")
     model, config = load_agent(model_path, device)
     core = getattr(model.policy, "lstm_actor", None)
     if activations_path is not None and not isinstance(core, RIM):
@@ -198,16 +254,21 @@ def _evaluate(
     if env_id is None:
         if config is None:
             raise ValueError(
-                f"no {CONFIG_FILE} beside {str(model_path)!r} to tell its environment; pass an env id"
+                f"no {CONFIG_FILE} beside {str(model_path)!r} to tell its environment; "
+                "pass one with --env (e.g. --env CartPole-v1)"
             )
         env_id = config.env
-    env_kwargs = dict(config.hyperparams.get("env_kwargs") or {}) if config is not None else {}
+    # The run's env_kwargs are options of its family's factory; another family takes others.
+    same_family = config is not None and _same_family(env_id, config.env)
+    env_kwargs = dict(config.hyperparams.get("env_kwargs") or {}) if same_family else {}  # type: ignore[union-attr]
     env = _evaluation_env(env_id, env_kwargs, seed, render=video_dir is not None)
-    if env.observation_space != model.observation_space:
+    if (env.observation_space, env.action_space) != (model.observation_space, model.action_space):
         env.close()
+        trained_on = config.env if config is not None else "its training environment"
         raise ValueError(
-            f"{env_id} gives observations {env.observation_space}, but the agent was trained on "
-            f"{model.observation_space}: choose an environment with the same observation shape"
+            f"{env_id} does not fit the agent trained on {trained_on}: {env_id} gives observations "
+            f"{env.observation_space} and actions {env.action_space}, the agent takes observations "
+            f"{model.observation_space} and actions {model.action_space}"
         )
     state: tuple[np.ndarray, ...] | None = None
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 from matplotlib.figure import Figure
+from matplotlib.patches import Patch
 
 
 def plot_unit_activity(active: np.ndarray, rewards: np.ndarray, title: str = "") -> Figure:
@@ -34,11 +35,17 @@ def plot_unit_activity(active: np.ndarray, rewards: np.ndarray, title: str = "")
     top.imshow(rows, aspect="auto", interpolation="nearest", cmap="Greys", vmin=0, vmax=1)
     labels = [f"L{y} u{k}" if n_layers > 1 else f"unit {k}" for y in range(n_layers) for k in range(n_units)]
     top.set_yticks(range(len(labels)), labels)
+    top.set_ylabel("RIM unit")
     top.tick_params(labelbottom=False)
-    top.set_title(title or "active units (black) per step")
+    top.set_title(title or "active units per step")
+    key = [
+        Patch(facecolor="black", label="active"),
+        Patch(facecolor="white", edgecolor="grey", label="inactive"),
+    ]
+    top.legend(handles=key, loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize="small")
     bottom = figure.add_subplot(grid[1], sharex=top)
     bottom.bar(np.arange(n_steps), rewards, width=1.0, color="tab:green")
     bottom.set_xlim(-0.5, n_steps - 0.5)
-    bottom.set_xlabel("step")
-    bottom.set_ylabel("reward")
+    bottom.set_xlabel("step of the episode")
+    bottom.set_ylabel("reward after the step")
     return figure

@@ -11,6 +11,7 @@ from sb3_contrib.common.recurrent.policies import RecurrentActorCriticPolicy
 from stable_baselines3.common.policies import BasePolicy
 
 from rim_agents.buffers import RimDictRolloutBuffer, RimRolloutBuffer
+from rim_agents.checks import check_device
 from rim_agents.extractors import FastNatureCNN
 from rim_agents.policies import CnnRimPolicy, MlpRimPolicy, MultiInputRimPolicy, RimActorCriticPolicy
 
@@ -75,6 +76,7 @@ class RimPPO(RecurrentPPO):
                 "max_lane_length must be a positive integer (steps) or None (no limit), "
                 f"got {max_lane_length!r}"
             )
+        check_device(kwargs.get("device", "auto"))  # SB3 would quietly train on the CPU instead
         # read by _setup_model, which __init__ calls
         self.packed_minibatches = packed_minibatches
         self.max_lane_length = max_lane_length

@@ -53,6 +53,7 @@ from optuna.trial import FrozenTrial, Trial, TrialState
 from stable_baselines3.common.callbacks import BaseCallback
 
 from rim_agents.callbacks import checkpoint_problem, sorted_checkpoints
+from rim_agents.checks import check_writable_file, check_writable_folder
 from rim_agents.stats import t_half_width
 from rim_agents.training import (
     CHECKPOINT_DIR,
@@ -102,7 +103,12 @@ def _read_yaml(path: str | Path, what: str) -> dict[str, Any]:
     if not path.is_file():
         raise ValueError(f"{what} file {str(path)!r} does not exist")
     with open(path) as file:
-        data = yaml.load(file, Loader=_Loader)  # a SafeLoader: no arbitrary objects
+        try:
+            data = yaml.load(file, Loader=_Loader)  # a SafeLoader: no arbitrary objects
+        except yaml.YAMLError as error:
+            raise ValueError(
+                f"{what} file {str(path)!r} is not valid YAML: {' '.join(str(error).split())}"
+            ) from error
     if data is None or data == {}:
         raise ValueError(
             f"{what} file {str(path)!r} is empty: give at least env (e.g. env: MiniGrid-MemoryS7-v0)"
@@ -574,6 +580,17 @@ def _sweep_trials(study: optuna.Study, states: tuple[TrialState, ...] | None = N
     return [t for t in study.get_trials(deepcopy=False, states=states) if INDEX in t.user_attrs]
 
 
+def _lost_cells(trials: list[FrozenTrial]) -> dict[int, str]:
+    """The cells whose every attempt failed (none queued, running or finished), with the last error."""
+    alive = {t.user_attrs[INDEX] for t in trials if t.state != TrialState.FAIL}
+    lost: dict[int, str] = {}
+    for trial in sorted(trials, key=lambda t: t.number):
+        cell = trial.user_attrs[INDEX]
+        if cell not in alive:
+            lost[cell] = trial.user_attrs.get(ERROR, "interrupted or its worker died")
+    return lost
+
+
 class _StopWhenLost(BaseCallback):
     """Stop training, within one environment step of noticing, once the trial is not ours.
 
@@ -870,7 +887,8 @@ def work(
     :param max_retry: times one cell is queued again after its worker died
     :param retry_failed: first queue again every cell whose last attempt raised an error (a
         trial that fails is not retried on its own: the same error would recur)
-    :return: 0 when done, 130 when interrupted, 1 when a worker process died
+    :return: 0 when done, 130 when interrupted, 1 when a worker process died or a cell failed
+        (it prints a summary line either way)
     """
     for name, value, low in (
         ("workers", workers, 1),
@@ -883,7 +901,23 @@ def work(
         raise ValueError(
             f"grace={grace!r} must be an integer number of seconds longer than heartbeat={heartbeat}"
         )
+    check_writable_folder(output, "--output")  # here, not as a failed cell per trial
     worker = Worker(storage, study_name, output, heartbeat, grace, max_retry)
+    worker_args = (storage, study_name, str(output), heartbeat, grace, max_retry)
+    code = _run_workers(worker, workers, recover, retry_failed, worker_args)
+    lost = _lost_cells(_sweep_trials(worker.study))
+    complete = {t.user_attrs[INDEX] for t in _sweep_trials(worker.study, (TrialState.COMPLETE,))}
+    line = f"sweep {study_name!r}: {len(complete)}/{worker.spec['n_items']} complete"
+    if lost:
+        line += f", {len(lost)} failed {sorted(lost)}: `sweep.py report` shows their errors"
+    print(line if code != 130 else f"interrupted; {line}", flush=True)
+    return 1 if code == 0 and lost else code
+
+
+def _run_workers(
+    worker: Worker, workers: int, recover: bool, retry_failed: bool, worker_args: tuple[Any, ...]
+) -> int:
+    """:func:`work` after its checks: the exit status of this process's worker or worker processes."""
     if recover:
         print(f"recovered {worker.recover()} running trial(s)", flush=True)
     if retry_failed:
@@ -906,7 +940,7 @@ def work(
                 os.environ["CUDA_VISIBLE_DEVICES"] = devices[index % len(devices)]
             process = context.Process(
                 target=_worker_process,
-                args=(storage, study_name, str(output), heartbeat, grace, max_retry),
+                args=worker_args,
                 name=f"sweep-worker-{index}",
             )
             process.start()
@@ -990,17 +1024,18 @@ def summarize(
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     indices = [t.user_attrs[INDEX] for t in complete]
     twice = sorted({i for i in indices if indices.count(i) > 1})
-    alive = {t.user_attrs[INDEX] for t in trials if t.state != TrialState.FAIL}
-    lost = sorted({t.user_attrs[INDEX] for t in trials} - alive)
+    lost = _lost_cells(trials)
     status = (
         f"study {study_name!r} ({spec['kind']}): {len(set(indices))}/{spec['n_items']} complete, "
         f"{count[TrialState.RUNNING]} running, {count[TrialState.WAITING]} waiting, "
         f"{count[TrialState.PRUNED]} pruned, {count[TrialState.FAIL]} failed or interrupted attempt(s)"
     )
-    if lost:
-        status += f"; cells failed and not queued again: {lost} (see their 'error' attribute)"
     if twice:
         status += f"; cells complete more than once: {twice}"
+    if lost:
+        status += f"\ncells failed and not queued again: {sorted(lost)}; their errors:"
+        status += "".join(f"\n  cell {cell}: {error}" for cell, error in sorted(lost.items()))
+        status += "\nfix the cause, then queue them again: sweep.py work ... --retry-failed"
     axes = [axis for axis in spec["axes"] if axis != "seed"]
     groups: dict[str, list[dict[str, Any]]] = {}
     for trial in sorted(complete, key=lambda t: t.user_attrs[INDEX]):
@@ -1013,6 +1048,12 @@ def summarize(
                 "success": trial.user_attrs.get(SUCCESS),
                 "run_dir": Path(output) / study_name / trial.user_attrs[RUN_NAME],
             }
+        )
+    missing = [run["run_dir"] for runs in groups.values() for run in runs if not run["run_dir"].is_dir()]
+    if missing:
+        raise ValueError(
+            f"the run directory of a finished cell, {str(missing[0])!r}, is not there: --output must be "
+            f"the folder the workers wrote to (work --output), got {str(output)!r}"
         )
     rows = []
     for runs in groups.values():
@@ -1172,6 +1213,9 @@ def report(
     :param state_plot_path: write each RIM run's largest abs(h) over training here (PNG)
     :return: markdown text
     """
+    for flag, path in (("--json", json_path), ("--plot", plot_path), ("--state-plot", state_plot_path)):
+        if path is not None:
+            check_writable_file(path, flag)
     status, axes, rows, groups = summarize(storage, study_name, output, threshold)
     if json_path is not None:
         Path(json_path).parent.mkdir(parents=True, exist_ok=True)

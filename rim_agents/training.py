@@ -56,10 +56,12 @@ from rim_agents.callbacks import (
     save_atomically,
     sorted_checkpoints,
 )
+from rim_agents.checks import check_device, check_hyperparams, check_writable_folder, linear_schedule_start
 from rim_agents.extractors import MiniGridCNN
 from rim_agents.nn import RIM
 from rim_agents.policies import resolve_rim_kwargs
 from rim_agents.ppo import RimPPO
+from rim_agents.progress import Progress
 from rim_agents.threads import torch_threads
 
 HYPERPARAMS_FILE = Path(__file__).parent / "hyperparams" / "ppo_rim.yml"
@@ -114,7 +116,8 @@ class TrainConfig:
     :param device: torch device (``"auto"``, ``"cpu"``, ``"cuda"``...)
     :param max_seconds: stop learning after this much wall time (at a rollout start) even if
         ``n_timesteps`` is not reached; None for no limit
-    :param progress_bar: show a progress bar while learning
+    :param progress_bar: show a progress bar while learning on a terminal; without one (or
+        with False) a plain progress line is printed every 30 seconds instead
     :param num_threads: CPU threads torch uses while training (restored afterwards; rl-zoo's
         ``--num-threads``); one is the fastest for the RIM on a CPU
     :param verbose: 0 quiet, 1 print SB3's training table and evaluation results
@@ -161,6 +164,7 @@ class TrainConfig:
         if self.max_seconds is not None and not self.max_seconds > 0:
             raise ValueError(f"max_seconds={self.max_seconds!r} must be a positive number of seconds or None")
         _check_keys(self.hyperparams, "hyperparams")
+        check_hyperparams(self.hyperparams)
 
     def to_dict(self) -> dict[str, Any]:
         """The configuration as plain YAML-serialisable data."""
@@ -294,13 +298,7 @@ def _import_dotted(path: str) -> Any:
 
 def _schedule(key: str, value: Any) -> Any:
     if isinstance(value, str):
-        if not value.startswith("lin_"):
-            raise ValueError(f"{key}={value!r}: a string must be a linear schedule like 'lin_3e-4'")
-        try:
-            start = float(value[len("lin_") :])
-        except ValueError as error:
-            raise ValueError(f"{key}={value!r}: cannot read the start value after 'lin_'") from error
-        return LinearSchedule(start, 0.0, 1.0)
+        return LinearSchedule(linear_schedule_start(key, value), 0.0, 1.0)
     return value
 
 
@@ -530,8 +528,9 @@ def _check_zip(checkpoint: Path) -> None:
         )
 
 
-def _load_checkpoint(config: TrainConfig, checkpoint: Path, env: VecEnv) -> OnPolicyAlgorithm:
-    algorithm, policy_name, _ = build_algorithm_kwargs(config)
+def _load_checkpoint(
+    config: TrainConfig, algorithm: type[OnPolicyAlgorithm], policy_name: str, checkpoint: Path, env: VecEnv
+) -> OnPolicyAlgorithm:
     _check_zip(checkpoint)
     try:
         model = algorithm.load(checkpoint, env=env, device=config.device)
@@ -581,6 +580,31 @@ def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
+def check_run(
+    config: TrainConfig, run_dir: str | Path | None = None
+) -> tuple[type[OnPolicyAlgorithm], str, dict[str, Any]]:
+    """Refuse what :func:`train` cannot run, before any environment, model or run directory
+    exists: a device this machine lacks, a log folder that cannot be written, options the
+    algorithm or the policy would reject.
+
+    :param config: the run's configuration
+    :param run_dir: the run directory to continue, or None for a new one under ``config.log_folder``
+    :return: :func:`build_algorithm_kwargs` of ``config``
+    """
+    check_device(config.device)
+    check_writable_folder(config.log_folder if run_dir is None else run_dir, "log folder (-f)")
+    return build_algorithm_kwargs(config)
+
+
+def resume_command(env_id: str, checkpoint: str | Path) -> str:
+    """The command that continues a run of ``env_id`` from ``checkpoint``: its family's training script.
+
+    :param env_id: the run's environment
+    :param checkpoint: a checkpoint ``.zip`` or run directory
+    """
+    return f"python scripts/train_{env_family(env_id)}.py --resume {checkpoint}"
+
+
 def train(
     config: TrainConfig,
     run_dir: str | Path | None = None,
@@ -593,7 +617,8 @@ def train(
 
     :param config: the run's configuration
     :param run_dir: None creates a new run directory; an existing one continues from ``checkpoint``
-        or, when None, from its latest checkpoint (a fresh start when it has none)
+        or, when None, from its latest checkpoint (a fresh start when it has none; refused when it
+        holds a final model, which the fresh start would overwrite)
     :param checkpoint: a checkpoint to continue from (its run directory is used when ``run_dir`` is None)
     :param report: called after each evaluation as ``report(num_timesteps, mean_return, success_rate)``;
         returning False stops training early (a sweep's pruning; an exception it raises propagates)
@@ -618,6 +643,13 @@ def _train(
         run_dir, checkpoint = find_run(checkpoint)
     if run_dir is not None and checkpoint is None:
         checkpoint = latest_checkpoint(run_dir)
+        if checkpoint is None and (Path(run_dir) / "final_model.zip").exists():
+            raise ValueError(
+                f"{str(run_dir)!r} holds a finished run with no checkpoint to continue from: evaluate it "
+                f"(python scripts/evaluate.py --model {run_dir}) or start a new run (run_dir=None) "
+                "instead of overwriting it"
+            )
+    algorithm, policy_name, kwargs = check_run(config, run_dir)
 
     env = make_vec_env(config, config.n_envs, config.seed)
     # Evaluation copies get seeds of their own (seed + 10000 + i), apart from the training copies.
@@ -628,12 +660,11 @@ def _train(
     )
     try:
         if checkpoint is None:
-            algorithm, policy_name, kwargs = build_algorithm_kwargs(config)
             model = algorithm(
                 policy_name, env, seed=config.seed, device=config.device, verbose=config.verbose, **kwargs
             )
         else:
-            model = _load_checkpoint(config, Path(checkpoint), env)
+            model = _load_checkpoint(config, algorithm, policy_name, Path(checkpoint), env)
         # Only now that the model is built or loaded: a bad config must not leave a run behind
         # nor overwrite the config of the run it failed to resume.
         run_dir = new_run_dir(config) if run_dir is None else Path(run_dir)
@@ -642,9 +673,10 @@ def _train(
         if on_run_dir is not None:
             on_run_dir(run_dir)
         if checkpoint is not None:
-            # TensorBoard drops what a run logged past this step before it was resumed from here:
-            # the curves show one trajectory.
-            SummaryWriter(str(run_dir / "tb"), purge_step=model.num_timesteps).close()
+            # TensorBoard drops what a run logged past this step before it was resumed from here
+            # (the curves show one trajectory); the checkpoint's own step was logged before it was
+            # saved and stays.
+            SummaryWriter(str(run_dir / "tb"), purge_step=model.num_timesteps + 1).close()
             _set_aside_later_checkpoints(run_dir / CHECKPOINT_DIR, model.num_timesteps)
         formats = ["tensorboard", "stdout"] if config.verbose else ["tensorboard"]
         model.set_logger(configure(str(run_dir / "tb"), formats))
@@ -661,20 +693,21 @@ def _train(
             # Before evaluation, which runs the same RIM on other envs and overwrites last_active.
             chain.append(RimDiagnosticsCallback())
         chain.append(checkpointer)
+        evaluation = None
         if eval_env is not None:
-            chain.append(
-                ReportingEvalCallback(
-                    eval_env,
-                    run_dir=run_dir,
-                    n_eval_episodes=config.eval_episodes,
-                    eval_freq=max(config.eval_freq // config.n_envs, 1),
-                    deterministic=config.eval_deterministic,
-                    report=report,
-                    verbose=config.verbose,
-                )
+            evaluation = ReportingEvalCallback(
+                eval_env,
+                run_dir=run_dir,
+                n_eval_episodes=config.eval_episodes,
+                eval_freq=max(config.eval_freq // config.n_envs, 1),
+                deterministic=config.eval_deterministic,
+                report=report,
+                verbose=config.verbose,
             )
+            chain.append(evaluation)
         if config.max_seconds is not None:
             chain.append(StopAfterSeconds(config.max_seconds))
+        chain.append(Progress(config.n_timesteps, bar=config.progress_bar, evaluation=evaluation))
         chain.extend(callbacks or [])
         remaining = config.n_timesteps - model.num_timesteps
         if remaining > 0:
@@ -683,14 +716,16 @@ def _train(
                     remaining,
                     callback=CallbackList(chain),
                     reset_num_timesteps=False,
-                    progress_bar=config.progress_bar,
                 )
             except KeyboardInterrupt:
                 path = checkpointer.save_interrupted()
                 if path is None:
                     print("\ninterrupted before training started: nothing new to save", flush=True)
                 else:
-                    print(f"\ninterrupted: saved {path}\nresume with: --resume {path}", flush=True)
+                    print(
+                        f"\ninterrupted: saved {path}\nresume with: {resume_command(config.env, path)}",
+                        flush=True,
+                    )
                 raise
             except NonFiniteError:
                 raise

@@ -32,6 +32,7 @@ Writes ``main_result.json`` and ``unit_activity.png`` in the RIM's run directory
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import sys
 import time
@@ -40,10 +41,10 @@ from typing import Any, NamedTuple
 
 from stable_baselines3.common.base_class import BaseAlgorithm
 
-from envs import minigrid, popgym
+from envs import check_env_id, env_family, minigrid, popgym
 from rim_agents.evaluation import evaluate, evaluate_random, load_agent, write_json
 from rim_agents.stats import t_half_width
-from rim_agents.training import make_config, parse_overrides, train
+from rim_agents.training import TrainConfig, check_run, make_config, make_vec_env, parse_overrides, train
 
 
 class Task(NamedTuple):
@@ -140,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="random seed")
     parser.add_argument("-f", "--log-folder", default="logs", help="parent of the run directories")
     parser.add_argument("--episodes", type=int, default=100, help="evaluation episodes per policy and task")
-    parser.add_argument("--device", default="cpu", help="torch device")
+    parser.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:N")
     parser.add_argument("--num-threads", type=int, default=1, help="CPU threads for torch (default 1)")
     parser.add_argument(
         "--train-minutes",
@@ -158,8 +159,24 @@ def main(argv: list[str] | None = None) -> int:
         + "; ".join(f"{family}: {' '.join(task.overrides)}" for family, task in TASKS.items())
         + ")",
     )
+    parser.add_argument(
+        "--no-progress-bar",
+        action="store_true",
+        help="print a plain progress line every 30 s instead of a bar (the default without a terminal)",
+    )
     args = parser.parse_args(argv)
     try:
+        for flag, value in (
+            ("-n", args.n_timesteps),
+            ("--control-steps", args.control_steps),
+            ("--episodes", args.episodes),
+        ):
+            if value is not None and value < 1:
+                raise ValueError(f"{flag} must be a positive integer, got {value}")
+        if not args.train_minutes > 0:
+            raise ValueError(
+                f"--train-minutes must be a positive number of minutes, got {args.train_minutes}"
+            )
         _, task = task_of(args.env)
         test_env = args.test_env or default_test_env(args.env)
         overrides = parse_overrides([*task.overrides, *(args.hyperparams or [])])
@@ -169,15 +186,57 @@ def main(argv: list[str] | None = None) -> int:
             log_folder=args.log_folder,
             device=args.device,
             num_threads=args.num_threads,
+            progress_bar=not args.no_progress_bar,
         )
         budget = args.train_minutes * 60
-        rim_config = make_config(
-            args.env, policy="rim", n_timesteps=args.n_timesteps or task.steps, max_seconds=budget, **common
-        )
+        steps = task.steps if args.n_timesteps is None else args.n_timesteps
+        rim_config = make_config(args.env, policy="rim", n_timesteps=steps, max_seconds=budget, **common)
         control_config = make_config(args.env, policy="ppo", n_timesteps=args.control_steps, **common)
+        # Everything the job will need, before minutes of training: both agents' options, the
+        # device, the log folder, and a test task that both agents can act in.
+        check_run(rim_config)
+        check_run(control_config)
+        check_test_env(rim_config, test_env)
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    try:
+        return run_job(args, rim_config, control_config, test_env)
+    except KeyboardInterrupt:
+        return 130
+
+
+def check_test_env(config: TrainConfig, test_env: str) -> None:
+    """Refuse a test task of another family, or whose observations or actions differ from the
+    training task's: both agents and the random policy act there with the training task's options."""
+    try:
+        check_env_id(test_env)
+    except ValueError as error:
+        raise ValueError(f"--test-env {test_env!r}: {error}") from error
+    if env_family(test_env) != env_family(config.env):
+        raise ValueError(
+            f"--test-env {test_env!r} is a {env_family(test_env)} task, but the agents train on "
+            f"{config.env}, a {env_family(config.env)} task: give a test task of the same family"
+        )
+    found = []
+    for env_id in (config.env, test_env):
+        try:
+            env = make_vec_env(dataclasses.replace(config, env=env_id), 1, config.seed, evaluation=True)
+        except ValueError as error:
+            raise ValueError(f"{env_id}: {error}") from error
+        found.append(f"observations {env.observation_space} and actions {env.action_space}")
+        env.close()
+    if found[0] != found[1]:
+        raise ValueError(
+            f"--test-env {test_env!r} gives {found[1]}, but {config.env} gives {found[0]}: "
+            "both agents must act in the test task, so give one of the same shape"
+        )
+
+
+def run_job(
+    args: argparse.Namespace, rim_config: TrainConfig, control_config: TrainConfig, test_env: str
+) -> int:
+    """Train both agents, evaluate them and the random policy, print the table, write the JSON."""
 
     def announce(path: Path) -> None:
         print(f"run directory: {path}\nwatch it with: tensorboard --logdir {args.log_folder}", flush=True)

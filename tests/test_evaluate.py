@@ -1,5 +1,6 @@
 """Evaluation rollouts: scripts/evaluate.py outputs, recurrent state protocol, other envs, clear errors."""
 
+import importlib.util
 import json
 import os
 import shutil
@@ -11,11 +12,14 @@ import numpy as np
 import pytest
 import yaml
 
-from rim_agents.evaluation import evaluate, evaluate_random, run_episodes
+from rim_agents.evaluation import evaluate, evaluate_random, resolve_model, run_episodes
+from rim_agents.plotting import plot_unit_activity
+from rim_agents.ppo import RimPPO
 from rim_agents.training import make_config, make_vec_env, parse_overrides, train
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = "MiniGrid-MemoryS7-v0"
+SMALL_RIM = {"rim_kwargs": {"num_units": 2, "unit_size": 4, "top_k": 1}}
 TINY = parse_overrides(
     [
         "n_steps:16",
@@ -26,6 +30,14 @@ TINY = parse_overrides(
         "policy_kwargs.rim_kwargs:{'num_units':3,'unit_size':4,'top_k':2}",
     ]
 )
+
+
+def evaluate_script(argv):
+    """scripts/evaluate.py's main in this process."""
+    spec = importlib.util.spec_from_file_location("evaluate_script", ROOT / "scripts" / "evaluate.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.main(argv)
 
 
 def tiny_run(folder, policy):
@@ -96,8 +108,41 @@ def test_observation_shape_mismatch_is_a_clear_error(rim_run, tmp_path):
     config = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
     config["hyperparams"]["env_kwargs"] = {"observation": "rgb"}
     (tmp_path / "run" / "config.yaml").write_text(yaml.safe_dump(config))
-    with pytest.raises(ValueError, match=r"gives observations .*56, 56.* trained on"):
+    with pytest.raises(ValueError, match=r"does not fit the agent trained on MiniGrid-MemoryS7-v0: .*56, 56"):
         evaluate(tmp_path / "run" / "final_model.zip", episodes=1, device="cpu")
+
+
+def test_a_run_directory_evaluates_its_best_else_its_final_model(rim_run, tmp_path, capsys):
+    assert resolve_model(rim_run) == (rim_run / "final_model.zip", "final")
+    shutil.copytree(rim_run, tmp_path / "run")
+    shutil.copy(rim_run / "final_model.zip", tmp_path / "run" / "best_model.zip")
+    assert resolve_model(tmp_path / "run") == (tmp_path / "run" / "best_model.zip", "best")
+    assert evaluate_script(["--model", str(tmp_path / "run"), "--episodes", "1", "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert f"model: {tmp_path / 'run' / 'best_model.zip'} (the run's best model)" in out
+    assert "over 1 episodes" in out
+
+
+def test_an_agent_evaluates_on_any_gymnasium_id_its_spaces_fit(tmp_path):
+    model = RimPPO("MlpRimPolicy", "CartPole-v1", n_steps=16, batch_size=16, policy_kwargs=SMALL_RIM)
+    model.save(tmp_path / "rim_cartpole.zip")  # the README's example: no run directory, no config.yaml
+    result = evaluate(tmp_path / "rim_cartpole.zip", env_id="CartPole-v1", episodes=2, device="cpu")
+    assert result["env"] == "CartPole-v1" and len(result["returns"]) == 2 and result["mean_return"] >= 8
+
+
+def test_help_shows_each_example_on_its_own_line(capsys):
+    with pytest.raises(SystemExit):
+        evaluate_script(["--help"])
+    lines = capsys.readouterr().out.splitlines()
+    example = "    python scripts/evaluate.py --model logs/<run> --env MiniGrid-MemoryS11-v0 --video videos/"
+    assert any(line.startswith(example) and line.endswith("--json r.json") for line in lines)
+
+
+def test_unit_activity_plot_says_what_black_means():
+    figure = plot_unit_activity(np.eye(3, dtype=bool)[None].repeat(5, 0)[:, :1], np.zeros(5))
+    top, bottom = figure.axes
+    assert [text.get_text() for text in top.get_legend().get_texts()] == ["active", "inactive"]
+    assert top.get_ylabel() == "RIM unit" and bottom.get_xlabel() == "step of the episode"
 
 
 def test_missing_model_is_a_clear_error(tmp_path):

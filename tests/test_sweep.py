@@ -456,7 +456,7 @@ def test_a_pruned_search_trial_stops_training_at_its_evaluation(tmp_path, monkey
     assert max(int(p.stem.split("_")[2]) for p in (run_dir / "checkpoints").glob("*.zip")) <= 64
 
 
-def test_a_cell_that_raised_runs_again_only_when_asked(tmp_path, monkeypatch):
+def test_a_cell_that_raised_runs_again_only_when_asked(tmp_path, monkeypatch, capsys):
     import rim_agents.sweep as sweep_module
 
     storage, output = one_cell_study(tmp_path, "raised", 64), tmp_path / "runs"
@@ -466,15 +466,18 @@ def test_a_cell_that_raised_runs_again_only_when_asked(tmp_path, monkeypatch):
         raise RuntimeError("no space left on device")
 
     monkeypatch.setattr(sweep_module, "train", broken_train)
-    assert work(storage, "raised", output, heartbeat=1, grace=600) == 0
+    assert work(storage, "raised", output, heartbeat=1, grace=600) == 1  # a failed cell is a failure
+    assert "sweep 'raised': 0/1 complete, 1 failed [0]" in capsys.readouterr().out
     (failed,) = load(storage, "raised").trials
     assert failed.state == TrialState.FAIL and "no space left" in failed.user_attrs["error"]
+    assert "cell 0: RuntimeError: no space left on device" in report(storage, "raised", output)
     # Without the flag a failed cell stays failed: the same error would most likely recur.
-    assert work(storage, "raised", output, heartbeat=1, grace=600) == 0
+    assert work(storage, "raised", output, heartbeat=1, grace=600) == 1
     assert len(load(storage, "raised").trials) == 1
 
     monkeypatch.setattr(sweep_module, "train", real_train)  # the cause is fixed
     assert work(storage, "raised", output, heartbeat=1, grace=600, retry_failed=True) == 0
+    assert "sweep 'raised': 1/1 complete\n" in capsys.readouterr().out
     first, retry = load(storage, "raised").trials
     assert (first.state, retry.state) == (TrialState.FAIL, TrialState.COMPLETE)
     assert retry.user_attrs[INDEX] == 0 and retry.user_attrs[RUN_NAME] == first.user_attrs[RUN_NAME]

@@ -23,6 +23,7 @@ from rim_agents.evaluation import evaluate
 from rim_agents.extractors import MiniGridCNN
 from rim_agents.nn import RIM
 from rim_agents.ppo import RimPPO
+from rim_agents.progress import rollout_target
 from rim_agents.training import (
     HYPERPARAMS_FILE,
     build_algorithm_kwargs,
@@ -263,7 +264,7 @@ def test_memoryless_control_is_ppo_with_the_same_extractor_heads_and_hyperparame
     assert result["episodes"] == 2 and result["success_rate"] in (0.0, 0.5, 1.0)
 
 
-def test_interrupt_saves_a_checkpoint_of_trained_steps_only(tmp_path):
+def test_interrupt_saves_a_checkpoint_of_trained_steps_only(tmp_path, capsys):
     def interrupt(num_timesteps, mean_return, success_rate):
         raise KeyboardInterrupt
 
@@ -276,6 +277,8 @@ def test_interrupt_saves_a_checkpoint_of_trained_steps_only(tmp_path):
     assert [p.name for p in (run_dir / "checkpoints").iterdir()] == [checkpoint.name]
     model = RecurrentPPO.load(checkpoint)
     assert model.num_timesteps == 32 and isinstance(model.policy.lstm_actor, RIM)
+    # The whole command, not just the flag.
+    assert f"resume with: python scripts/train_minigrid.py --resume {checkpoint}" in capsys.readouterr().out
 
 
 def test_report_returning_false_stops_training_early(tmp_path):
@@ -479,6 +482,20 @@ def test_resume_from_an_earlier_checkpoint_keeps_one_trajectory_of_evaluations(t
     events.Reload()
     steps = [event.step for event in events.Scalars("eval/mean_reward")]
     assert steps == [48, 96, 144]  # TensorBoard purged the abandoned evaluations too
+    # The checkpoint's own step was logged before it was saved: it stays, once.
+    assert [event.step for event in events.Scalars("time/fps")] == [32, 64, 96, 128, 160]
+
+
+def test_the_progress_target_is_where_learning_really_stops():
+    assert rollout_target(0, 4000, 4096) == 4096  # one whole rollout, not 4,096/4,000
+    assert rollout_target(4096, 8000, 4096) == 8192
+    assert rollout_target(64, 64, 32) == 64
+
+
+def test_without_a_terminal_training_prints_plain_progress_lines(tmp_path, capsys):
+    train(tiny_config(tmp_path, n_timesteps=48, eval_freq=32, eval_episodes=1))
+    out = capsys.readouterr().out  # captured: not a terminal
+    assert "step 64/64 (100%), " in out and "steps/s, last evaluation " in out and " at step 64" in out
 
 
 @pytest.mark.parametrize("name", ["eval/evaluations.npz", "best_model.json"])

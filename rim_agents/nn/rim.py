@@ -84,9 +84,12 @@ class RIM(nn.Module):
             (:mod:`rim_agents.nn.graphs`), one per input shape: for rollouts, where a small
             RIM step is launch-bound. Results equal the eager calls'. Calls with autograd,
             on the CPU, or in training mode with attention dropout above 0 run eagerly.
+        device, dtype: where and in which floating-point type the parameters are made, as
+            ``nn.LSTM``'s factory arguments (default: the CPU, torch's default dtype).
 
     Inputs: input, hx, episode_starts
-        - **input**: ``(L, N, D)``, or ``(L, D)`` for one unbatched sequence.
+        - **input**: ``(L, N, D)``, or ``(L, D)`` for one unbatched sequence, of the
+          parameters' dtype (a ValueError says how to convert otherwise).
         - **hx**: ``None`` (zeros) or ``(h_0, c_0)``, each ``(num_layers, N, K*H)``
           (``(num_layers, K*H)`` unbatched). A GRU ignores ``c_0``.
         - **episode_starts**: ``None`` or ``(L, N)`` (``(L,)`` unbatched; ``(N, L)`` with
@@ -145,6 +148,8 @@ class RIM(nn.Module):
         batch_first: bool = False,
         backend: str = "auto",
         cuda_graphs: bool = False,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
         sizes = {
@@ -194,6 +199,10 @@ class RIM(nn.Module):
             "dropout": dropout,
         }.items():
             _check_probability(name, probability)
+        if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+            raise ValueError(
+                f"dtype must be a floating-point torch.dtype such as torch.float64, got {dtype!r}"
+            )
 
         self.input_size = input_size
         self.num_units = num_units
@@ -231,6 +240,8 @@ class RIM(nn.Module):
             for layer in range(num_layers)
         )
         self.last_active = None
+        if device is not None or dtype is not None:
+            self.to(device=device, dtype=dtype)
 
     def extra_repr(self) -> str:
         return (
@@ -252,6 +263,20 @@ class RIM(nn.Module):
         episode_starts: Tensor | None = None,
     ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
         """See the class docstring for shapes."""
+        weight_dtype = self.layers[0].weight_hh.dtype
+        if input.dtype != weight_dtype and not torch.is_autocast_enabled(input.device.type):
+            convert = "input.float()" if weight_dtype == torch.float32 else f"input.to({weight_dtype})"
+            raise ValueError(
+                f"input has dtype {input.dtype}, but the RIM's parameters are {weight_dtype}: convert the "
+                f"input ({convert})"
+                + ("" if not input.is_floating_point() else f" or the module (rim.to({input.dtype}))")
+            )
+        if hx is not None and not (isinstance(hx, tuple | list) and len(hx) == 2):
+            got = f"a tensor of shape {tuple(hx.shape)}" if isinstance(hx, Tensor) else type(hx).__name__
+            raise TypeError(
+                f"hx must be a tuple (h_0, c_0) of two tensors, as nn.LSTM takes (a GRU cell ignores "
+                f"c_0), got {got}"
+            )
         if input.dim() not in (2, 3):
             raise ValueError(
                 f"input must be 3-D (L, N, input_size) or 2-D (L, input_size), got shape {tuple(input.shape)}"
