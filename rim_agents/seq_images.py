@@ -62,7 +62,7 @@ METRIC_DEFINITIONS = {
 class SeqImagesConfig:
     """
     Everything that defines one sequential-images run. The defaults are the paper's setting
-    (appendix D.3, Table 2): RIMs with 6 units of 100 and k=4 (1 input head, 4 communication
+    (appendix D.3): RIMs with 6 units of 100 and k=4 (1 input head, 4 communication
     heads: ``RIM``'s defaults), the LSTM baseline with 600 units, Adam at 1e-4, 100 epochs, batch
     64 (the official code's loaders), trained at 14x14 and tested at 14, 16, 19 and 24.
 
