@@ -28,14 +28,9 @@ Symbols:
 
 from __future__ import annotations
 
-import json
 import math
-import os
-import signal
-import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -48,8 +43,17 @@ from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 from envs.copying import NUM_CLASSES, NUM_DIGITS, VOCAB_SIZE, copying_batch, recall_slice
+from rim_agents import run_state
 from rim_agents.nn import RIM
 from rim_agents.nn.attention import COMM_READS
+from rim_agents.run_state import (
+    CHECKPOINT,
+    TrainingInterrupted,
+    interrupt_flag,
+    save_atomically,
+    write_results,
+)
+from rim_agents.run_state import RunExistsError as RunExistsError  # raised by check_new_run_folder
 from rim_agents.threads import torch_threads
 
 MODELS = ("rim", "lstm")
@@ -428,68 +432,18 @@ def results_table(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-CHECKPOINT = "checkpoint.pt"
-RESULTS = "results.json"
-
-
-class RunExistsError(FileExistsError):
-    """The output folder already holds a copying run; the message says how to resume it or start afresh."""
-
-
-class TrainingInterrupted(Exception):
-    """Ctrl-C stopped a run between two updates after its checkpoint was saved.
-
-    :param output_dir: the run folder, whose ``checkpoint.pt`` continues the run
-    :param update: the updates made so far
-    """
-
-    def __init__(self, output_dir: Path, update: int) -> None:
-        self.output_dir = output_dir
-        self.update = update
-        super().__init__(f"interrupted after update {update}; checkpoint saved in {output_dir / CHECKPOINT}")
-
-
-@contextmanager
-def interrupt_flag() -> Iterator[Callable[[], bool]]:
-    """
-    While active, the first Ctrl-C (SIGINT) only sets a flag that the training loop reads between
-    updates, so the run stops at a clean point; a second Ctrl-C interrupts at once as usual.
-    Outside the main thread (where signals cannot be handled) the flag never rises.
-
-    :return: a function that says whether Ctrl-C was pressed
-    """
-    pressed = threading.Event()
-    if threading.current_thread() is not threading.main_thread():
-        yield pressed.is_set
-        return
-
-    def handler(signum: int, frame: Any) -> None:
-        pressed.set()
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-
-    previous = signal.signal(signal.SIGINT, handler)
-    try:
-        yield pressed.is_set
-    finally:
-        signal.signal(signal.SIGINT, previous)
+TASK, SCRIPT = "copying", "scripts/train_copying.py"
 
 
 def check_new_run_folder(output_dir: str | Path) -> None:
     """
-    Refuse to start a run in a folder that already holds one, so that nothing is overwritten.
+    Refuse to start a copying run in a folder that already holds a run (``run_state.check_new_run_folder``).
 
     :param output_dir: the folder the run would write to
     :raises RunExistsError: when ``checkpoint.pt`` or ``results.json`` is there
     :raises NotADirectoryError: when the path is a file
     """
-    output_dir = Path(output_dir)
-    if output_dir.exists() and not output_dir.is_dir():
-        raise NotADirectoryError(f"--output {output_dir} is a file, not a folder; pass a folder")
-    if (output_dir / CHECKPOINT).exists() or (output_dir / RESULTS).exists():
-        raise RunExistsError(
-            f"{output_dir} already holds a copying run; continue it with "
-            f"`python scripts/train_copying.py --resume {output_dir}`, or pass another --output"
-        )
+    run_state.check_new_run_folder(output_dir, TASK, SCRIPT)
 
 
 def load_checkpoint(output_dir: str | Path) -> dict[str, Any]:
@@ -500,21 +454,7 @@ def load_checkpoint(output_dir: str | Path) -> dict[str, Any]:
     :return: the checkpoint dictionary (see ``train_copying``)
     :raises FileNotFoundError: when there is no checkpoint, with what to pass instead
     """
-    path = Path(output_dir)
-    if path.is_dir():
-        path = path / CHECKPOINT
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"no copying checkpoint at {path}; --resume takes a run folder written by "
-            "scripts/train_copying.py (it holds checkpoint.pt)"
-        )
-    checkpoint = th.load(path, map_location="cpu", weights_only=False)
-    if not isinstance(checkpoint, dict) or "generator" not in checkpoint or "config" not in checkpoint:
-        raise ValueError(
-            f"{path} is not a resumable copying checkpoint (it lacks the data generator's state; "
-            "runs saved before --resume existed cannot be continued exactly)"
-        )
-    return checkpoint
+    return run_state.load_checkpoint(output_dir, TASK, SCRIPT)
 
 
 def resumed_config(checkpoint: dict[str, Any], epochs: int | None = None) -> CopyingConfig:
@@ -540,13 +480,6 @@ def resumed_config(checkpoint: dict[str, Any], epochs: int | None = None) -> Cop
     if epochs < done:
         raise ConfigError("epochs", epochs, f"at least {done}, the epochs this run has already started")
     return CopyingConfig(**{**checkpoint["config"], "epochs": epochs})
-
-
-def _save_atomically(state: dict[str, Any], path: Path) -> None:
-    """``th.save`` through a temporary file in the same folder, so a kill never leaves half a checkpoint."""
-    partial = path.with_name(f".{path.name}.partial")
-    th.save(state, partial)
-    os.replace(partial, path)
 
 
 def train_copying(
@@ -627,7 +560,7 @@ def _train_copying(
         writer.add_scalar("charts/parameters", num_params, 0)
 
     def save() -> None:
-        _save_atomically(
+        save_atomically(
             {
                 "model": model.state_dict(),
                 "optimizer": optimizer.state_dict(),
@@ -716,7 +649,7 @@ def _train_copying(
                 }
             )
             save()
-            _write_results(output_dir, results(finished=epoch == config.epochs))
+            write_results(output_dir, results(finished=epoch == config.epochs))
             summary = "  ".join(
                 f"gap {gap}: ce {metrics['ce']:.3f} seq {metrics['seq_acc']:.2f}"
                 for gap, metrics in metrics_by_gap.items()
@@ -728,12 +661,5 @@ def _train_copying(
         bar.close()
         writer.close()
     final = results(finished=True)
-    _write_results(output_dir, final)
+    write_results(output_dir, final)
     return final
-
-
-def _write_results(output_dir: Path, results: dict[str, Any]) -> None:
-    """Write ``results.json`` through a temporary file, so a kill never leaves half of it."""
-    partial = output_dir / f".{RESULTS}.partial"
-    partial.write_text(json.dumps(results, indent=2) + "\n")
-    os.replace(partial, output_dir / RESULTS)

@@ -1,0 +1,128 @@
+"""What every resumable supervised run (copying, sequential images) does with its run folder.
+
+A run folder holds ``checkpoint.pt`` (everything the rest of the run depends on) and
+``results.json`` (the evaluation history), both rewritten through a temporary file so that a
+kill never leaves half of one. A new run refuses a folder that already holds one; Ctrl-C stops a
+run between two updates so that it can save and be resumed exactly. The task modules
+(``rim_agents.copying``, ``rim_agents.seq_images``) decide what goes into the checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch as th
+
+CHECKPOINT = "checkpoint.pt"
+RESULTS = "results.json"
+
+
+class RunExistsError(FileExistsError):
+    """The output folder already holds a run; the message says how to resume it or start afresh."""
+
+
+class TrainingInterrupted(Exception):
+    """Ctrl-C stopped a run between two updates after its checkpoint was saved.
+
+    :param output_dir: the run folder, whose ``checkpoint.pt`` continues the run
+    :param update: the updates made so far
+    """
+
+    def __init__(self, output_dir: Path, update: int) -> None:
+        self.output_dir = output_dir
+        self.update = update
+        super().__init__(f"interrupted after update {update}; checkpoint saved in {output_dir / CHECKPOINT}")
+
+
+@contextmanager
+def interrupt_flag() -> Iterator[Callable[[], bool]]:
+    """
+    While active, the first Ctrl-C (SIGINT) only sets a flag that the training loop reads between
+    updates, so the run stops at a clean point; a second Ctrl-C interrupts at once as usual.
+    Outside the main thread (where signals cannot be handled) the flag never rises.
+
+    :return: a function that says whether Ctrl-C was pressed
+    """
+    pressed = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield pressed.is_set
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        pressed.set()
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield pressed.is_set
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def check_new_run_folder(output_dir: str | Path, task: str, script: str) -> None:
+    """
+    Refuse to start a run in a folder that already holds one, so that nothing is overwritten.
+
+    :param output_dir: the folder the run would write to
+    :param task: the task's name in messages ("copying")
+    :param script: the script that resumes it ("scripts/train_copying.py")
+    :raises RunExistsError: when ``checkpoint.pt`` or ``results.json`` is there
+    :raises NotADirectoryError: when the path is a file
+    """
+    output_dir = Path(output_dir)
+    if output_dir.exists() and not output_dir.is_dir():
+        raise NotADirectoryError(f"--output {output_dir} is a file, not a folder; pass a folder")
+    if (output_dir / CHECKPOINT).exists() or (output_dir / RESULTS).exists():
+        raise RunExistsError(
+            f"{output_dir} already holds a {task} run; continue it with "
+            f"`python {script} --resume {output_dir}`, or pass another --output"
+        )
+
+
+def load_checkpoint(output_dir: str | Path, task: str, script: str) -> dict[str, Any]:
+    """
+    The saved state of a run, to continue it.
+
+    :param output_dir: the run folder (or its ``checkpoint.pt``)
+    :param task: the task's name in messages ("copying")
+    :param script: the script that writes such folders ("scripts/train_copying.py")
+    :return: the checkpoint dictionary (the task module says what it holds)
+    :raises FileNotFoundError: when there is no checkpoint, with what to pass instead
+    :raises ValueError: when the file lacks the data generator's state or the configuration
+    """
+    path = Path(output_dir)
+    if path.is_dir():
+        path = path / CHECKPOINT
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"no {task} checkpoint at {path}; --resume takes a run folder written by "
+            f"{script} (it holds {CHECKPOINT})"
+        )
+    checkpoint = th.load(path, map_location="cpu", weights_only=False)
+    if not isinstance(checkpoint, dict) or "generator" not in checkpoint or "config" not in checkpoint:
+        raise ValueError(
+            f"{path} is not a resumable {task} checkpoint (it lacks the data generator's state; "
+            "runs saved before --resume existed cannot be continued exactly)"
+        )
+    return checkpoint
+
+
+def save_atomically(state: dict[str, Any], path: Path) -> None:
+    """``th.save`` through a temporary file in the same folder, so a kill never leaves half a checkpoint."""
+    partial = path.with_name(f".{path.name}.partial")
+    th.save(state, partial)
+    os.replace(partial, path)
+
+
+def write_results(output_dir: Path, results: dict[str, Any]) -> None:
+    """Write ``results.json`` through a temporary file, so a kill never leaves half of it."""
+    partial = output_dir / f".{RESULTS}.partial"
+    partial.write_text(json.dumps(results, indent=2) + "\n")
+    os.replace(partial, output_dir / RESULTS)
