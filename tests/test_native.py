@@ -351,3 +351,22 @@ def test_threads_split_the_units_with_bitwise_the_same_result(config: dict, dtyp
         # 1e-5 relative to the tensor's largest entry, not to each (possibly cancelled) entry.
         scale = max(1.0, a.abs().max().item())
         torch.testing.assert_close(b, a, atol=1e-5 * scale, rtol=1e-5, msg=lambda m: f"{config}: {m}")
+
+
+def test_a_stale_build_lock_is_removed_with_a_warning_and_a_fresh_one_kept(tmp_path):
+    """A process killed while compiling leaves torch's ``lock``; the next load would wait forever."""
+    import os
+    import time
+
+    lock = tmp_path / "lock"
+    lock.write_text("")
+    now = time.time()
+    os.utime(lock, (now - 60, now - 60))  # a build in progress elsewhere: keep it
+    assert not native.clear_stale_build_lock(tmp_path, now=now)
+    assert lock.exists()
+    old = now - native.STALE_LOCK_SECONDS - 1
+    os.utime(lock, (old, old))
+    with pytest.warns(RuntimeWarning, match=r"removed a stale build lock .*lock \(15 min old\)"):
+        assert native.clear_stale_build_lock(tmp_path, now=now)
+    assert not lock.exists()
+    assert not native.clear_stale_build_lock(tmp_path, now=now)  # nothing there: nothing to do

@@ -23,6 +23,7 @@ import hashlib
 import os
 import platform
 import shutil
+import time
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -125,6 +126,35 @@ def _attempt_build() -> ModuleType | NativeUnavailable:
         return error
 
 
+STALE_LOCK_SECONDS = 900
+"""A build lock older than this is left by a process killed while it compiled (a build takes
+about a minute, a few under load): torch's loader would wait on it forever, silently."""
+
+
+def clear_stale_build_lock(build_directory: Path, now: float | None = None) -> bool:
+    """Remove the ``lock`` file of ``build_directory`` when it is older than ``STALE_LOCK_SECONDS``.
+
+    :param build_directory: torch's build folder of one extension
+    :param now: the current time (``time.time()``); for tests
+    :return: whether a stale lock was removed (with a warning naming it)
+    """
+    lock = build_directory / "lock"
+    try:
+        age = (time.time() if now is None else now) - lock.stat().st_mtime
+    except FileNotFoundError:
+        return False
+    if age < STALE_LOCK_SECONDS:
+        return False
+    lock.unlink(missing_ok=True)
+    warnings.warn(
+        f"rim_agents: removed a stale build lock {lock} ({age / 60:.0f} min old), left by a process "
+        "killed while it compiled the native op",
+        RuntimeWarning,
+        stacklevel=2,
+    )
+    return True
+
+
 def _compile() -> ModuleType:
     if os.environ.get(DISABLE_VARIABLE, "1") == "0":
         raise NativeUnavailable(f"{DISABLE_VARIABLE}=0 is set")
@@ -132,8 +162,10 @@ def _compile() -> ModuleType:
     digest = hashlib.sha256(SOURCE.read_bytes() + torch.__version__.encode() + " ".join(flags).encode())
     name = f"rim_layer_{digest.hexdigest()[:16]}"
     try:
+        from torch.utils.cpp_extension import _get_build_directory
         from torch.utils.cpp_extension import load as load_extension
 
+        clear_stale_build_lock(Path(_get_build_directory(name, verbose=False)))
         with _ninja_on_path():
             module = load_extension(name=name, sources=[str(SOURCE)], extra_cflags=flags, verbose=False)
     except Exception as error:  # any build failure means: use the PyTorch path
