@@ -23,7 +23,6 @@ import dataclasses
 import difflib
 import importlib
 import inspect
-import os
 import time
 import warnings
 from collections.abc import Callable
@@ -52,9 +51,13 @@ from rim_agents.callbacks import (
     RimDiagnosticsCallback,
     RolloutCheckpointCallback,
     StopAfterSeconds,
-    checkpoint_problem,
+)
+from rim_agents.checkpoints import (
+    CHECKPOINT_DIR,
+    latest_checkpoint,
+    load_checkpoint,
     save_atomically,
-    sorted_checkpoints,
+    set_aside_later_checkpoints,
 )
 from rim_agents.checks import check_device, check_hyperparams, check_writable_folder, linear_schedule_start
 from rim_agents.extractors import MiniGridCNN
@@ -78,7 +81,6 @@ _RECURRENT_POLICY_KWARGS = (
 )
 VEC_ENVS = ("dummy", "subproc")
 CONFIG_FILE = "config.yaml"
-CHECKPOINT_DIR = "checkpoints"
 
 # Keys a YAML block or a -params override may set: RecurrentPPO's own arguments plus the
 # zoo's training keys. Arguments that the training core sets itself are left out.
@@ -457,15 +459,6 @@ def new_run_dir(config: TrainConfig) -> Path:
             stamp += 1  # another run of the same env/policy/seed started within the same second
 
 
-def latest_checkpoint(run_dir: str | Path) -> Path | None:
-    """The checkpoint with the most steps in ``run_dir/checkpoints``, or None.
-
-    :param run_dir: a run directory
-    """
-    found = sorted_checkpoints(Path(run_dir) / CHECKPOINT_DIR)
-    return found[-1][1] if found else None
-
-
 def find_run(path: str | Path) -> tuple[Path, Path]:
     """Locate the run directory and the checkpoint to resume from.
 
@@ -507,42 +500,11 @@ def _save_config(config: TrainConfig, run_dir: Path) -> None:
         yaml.safe_dump(config.to_dict(), file, sort_keys=False)
 
 
-def _set_aside_later_checkpoints(folder: Path, num_timesteps: int) -> None:
-    """Move checkpoints past a resumed one into ``abandoned/``: a later resume must not pick a
-    checkpoint of the trajectory that this one replaces, and none is deleted."""
-    for steps, path in sorted_checkpoints(folder):
-        if steps > num_timesteps:
-            (folder / "abandoned").mkdir(exist_ok=True)
-            os.replace(path, folder / "abandoned" / path.name)
-
-
-def _check_zip(checkpoint: Path) -> None:
-    """A ValueError naming a checkpoint that is cut short or damaged, and the one to use instead."""
-    problem = checkpoint_problem(checkpoint)
-    if problem is not None:
-        earlier = [p for _, p in sorted_checkpoints(checkpoint.parent) if p != checkpoint]
-        hint = f"resume from {earlier[-1]}" if earlier else "start the run afresh"
-        raise ValueError(
-            f"checkpoint {str(checkpoint)!r} cannot be read ({problem}); it was probably cut short: "
-            f"move it away and {hint}"
-        )
-
-
 def _load_checkpoint(
     config: TrainConfig, algorithm: type[OnPolicyAlgorithm], policy_name: str, checkpoint: Path, env: VecEnv
 ) -> OnPolicyAlgorithm:
-    _check_zip(checkpoint)
-    try:
-        model = algorithm.load(checkpoint, env=env, device=config.device)
-    except ValueError as error:  # SB3 reports observation/action space mismatches as ValueError
-        raise ValueError(f"checkpoint {str(checkpoint)!r} does not fit {config.env}: {error}") from error
-    stored = type(model.policy)
     expected = algorithm.policy_aliases[policy_name]
-    if stored is not expected:
-        raise ValueError(
-            f"checkpoint {str(checkpoint)!r} holds a {stored.__name__}, but the run's config asks for "
-            f"{expected.__name__} (policy={config.policy!r})"
-        )
+    model = load_checkpoint(checkpoint, algorithm, expected, env, config.device, config.env, config.policy)
     # SB3's load reseeds everything with the run's seed, which would replay step 0's levels and
     # action noise at every resume; a seed drawn from (seed, steps) continues on fresh ones.
     model.seed = resume_seed(config.seed, model.num_timesteps)
@@ -677,7 +639,7 @@ def _train(
             # (the curves show one trajectory); the checkpoint's own step was logged before it was
             # saved and stays.
             SummaryWriter(str(run_dir / "tb"), purge_step=model.num_timesteps + 1).close()
-            _set_aside_later_checkpoints(run_dir / CHECKPOINT_DIR, model.num_timesteps)
+            set_aside_later_checkpoints(run_dir / CHECKPOINT_DIR, model.num_timesteps)
         formats = ["tensorboard", "stdout"] if config.verbose else ["tensorboard"]
         model.set_logger(configure(str(run_dir / "tb"), formats))
         if checkpoint is None:

@@ -26,6 +26,7 @@ training options), ``run_name``, ``start_step`` (checkpoint the last attempt res
 the cell's worker died; hand-backs do not count), ``success_rate`` and ``error``.
 """
 
+from rim_agents.checkpoints import resume_point
 from rim_agents.sweep.grid import (
     OPTION_KEYS,
     PRUNERS,
@@ -59,7 +60,7 @@ from rim_agents.sweep.summary import (
     report,
     summarize,
 )
-from rim_agents.sweep.worker import Worker, resume_point, work
+from rim_agents.sweep.worker import Worker, work
 
 __all__ = [
     "CELL",

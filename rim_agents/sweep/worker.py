@@ -2,7 +2,7 @@
 
 :func:`work` starts the workers; each :class:`Worker` takes a WAITING trial by
 compare-and-set, turns its cell into a configuration, resumes the run directory's latest
-whole checkpoint (:func:`resume_point`) and runs :func:`rim_agents.training.train`,
+whole checkpoint (:func:`rim_agents.checkpoints.resume_point`) and runs :func:`rim_agents.training.train`,
 reporting evaluation returns to Optuna. While a trial runs its worker beats; another worker
 fails and queues again a trial whose beat stopped, and the worker that lost it stops within
 one step (:class:`_StopWhenLost`).
@@ -30,7 +30,7 @@ from optuna.storages.journal import JournalFileSymlinkLock
 from optuna.trial import FrozenTrial, Trial, TrialState
 from stable_baselines3.common.callbacks import BaseCallback
 
-from rim_agents.callbacks import checkpoint_problem, sorted_checkpoints
+from rim_agents.checkpoints import resume_point
 from rim_agents.checks import check_writable_folder
 from rim_agents.sweep.grid import cell_config, suggest
 from rim_agents.sweep.storage import (
@@ -50,28 +50,11 @@ from rim_agents.sweep.storage import (
     sweep_trials,
 )
 from rim_agents.sweep.summary import read_evaluations
-from rim_agents.training import CHECKPOINT_DIR, train
+from rim_agents.training import train
 
 
 class _TrialLost(Exception):
     """The running trial was failed by another worker (declared dead): stop training at once."""
-
-
-def resume_point(run_dir: str | Path) -> tuple[Path | None, int]:
-    """The latest checkpoint of ``run_dir`` that was completely written, and its step count.
-
-    A worker killed while saving leaves a truncated zip; it is renamed ``*.zip.partial`` so
-    that the run resumes from the checkpoint before it.
-
-    :param run_dir: a run directory (it need not exist yet)
-    :return: (checkpoint or None, its step count or 0)
-    """
-    while found := sorted_checkpoints(Path(run_dir) / CHECKPOINT_DIR):
-        steps, checkpoint = found[-1]
-        if checkpoint_problem(checkpoint) is None:
-            return checkpoint, steps
-        checkpoint.replace(checkpoint.with_name(f"{checkpoint.name}.partial"))
-    return None, 0
 
 
 class _StopWhenLost(BaseCallback):
