@@ -444,14 +444,30 @@ def make_vec_env(
     return vec_env
 
 
+def run_folder_env(env_id: str) -> str:
+    """``env_id`` as one folder-name part: a namespace's ``/`` becomes ``+``.
+
+    ``MinAtar/Breakout-v1`` -> ``MinAtar+Breakout-v1``, ``ALE/Pong-v5`` -> ``ALE+Pong-v5``; ids
+    without a namespace stay as they are. Gymnasium ids never contain ``+`` (namespaces and
+    names are letters, digits, ``_``, ``-``, ``:`` and ``.``), so no two ids share a folder name.
+    Runs made before this rule put such ids two levels deep (``MinAtar/Breakout-v1__...``);
+    those folders are still read: their paths are given or stored whole.
+
+    :param env_id: environment id
+    """
+    return env_id.replace("/", "+")
+
+
 def new_run_dir(config: TrainConfig) -> Path:
-    """Create ``{log_folder}/{env}__{policy}__{seed}__{unix time}`` (CleanRL's run naming).
+    """Create ``{log_folder}/{env}__{policy}__{seed}__{unix time}`` (CleanRL's run naming), one folder
+    deep for every id (``env`` is :func:`run_folder_env` of the id).
 
     :param config: the run's configuration
     """
     stamp = int(time.time())
+    env = run_folder_env(config.env)
     while True:
-        run_dir = Path(config.log_folder) / f"{config.env}__{config.policy}__{config.seed}__{stamp}"
+        run_dir = Path(config.log_folder) / f"{env}__{config.policy}__{config.seed}__{stamp}"
         try:
             run_dir.mkdir(parents=True)
             return run_dir

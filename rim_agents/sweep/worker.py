@@ -50,7 +50,7 @@ from rim_agents.sweep.storage import (
     sweep_trials,
 )
 from rim_agents.sweep.summary import read_evaluations
-from rim_agents.training import train
+from rim_agents.training import run_folder_env, train
 
 
 class _TrialLost(Exception):
@@ -285,8 +285,10 @@ class Worker:
                 cell.update({key: suggest(trial, key, d) for key, d in self.spec["space"].items()})
                 trial.set_user_attr(CELL, cell)
             config = cell_config(cell, self.run_root)
+            # A retry carries its run name, also one from before flat names (``0000__MinAtar/...``).
             run_name = (
-                attrs.get(RUN_NAME) or f"{attrs[INDEX]:04d}__{config.env}__{config.policy}__{config.seed}"
+                attrs.get(RUN_NAME)
+                or f"{attrs[INDEX]:04d}__{run_folder_env(config.env)}__{config.policy}__{config.seed}"
             )
             run_dir = self.run_root / run_name
             checkpoint, start = resume_point(run_dir)
