@@ -8,7 +8,9 @@ One entry point for the command-line scripts and for sweep workers::
 
 A run directory holds ``config.yaml`` (the resolved configuration), ``tb/`` (TensorBoard
 events), ``checkpoints/rl_model_<steps>_steps.zip``, ``best_model.zip`` (best evaluation),
-``eval/evaluations.npz`` and ``final_model.zip``. Checkpoints are written when a rollout
+``eval/evaluations.npz`` and ``final_model.zip`` (the model files' saving, listing and loading
+are :mod:`rim_agents.checkpoints`). The folder is one level deep for every id: a namespace's
+``/`` is written ``+`` (:func:`run_folder_env`). Checkpoints are written when a rollout
 starts, i.e. after the previous update finished, so the step count in a checkpoint is work
 that has been trained on; resuming loads one and runs the remaining steps with
 ``reset_num_timesteps=False`` into the same TensorBoard directory, reseeded with
