@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import time
 import zipfile
 from collections.abc import Callable
@@ -23,37 +22,19 @@ from stable_baselines3.common.callbacks import BaseCallback, EvalCallback
 from stable_baselines3.common.logger import Figure as LoggedFigure
 from stable_baselines3.common.vec_env import VecEnv
 
+from rim_agents.checkpoints import (
+    checkpoint_path,
+    prune_checkpoints,
+    replace_durably,
+    save_atomically,
+    write_text_atomically,
+)
 from rim_agents.nn import RIM
 from rim_agents.plotting import plot_unit_activity
 
 # report(num_timesteps, mean_return, success_rate or None) -> False to stop training.
 ReportFn = Callable[[int, float, float | None], bool | None]
 _IMAGE_ONLY = ("stdout", "log", "json", "csv")
-
-
-def replace_durably(partial: Path, path: Path) -> None:
-    """Flush ``partial`` to disk, then rename it to ``path`` in one step.
-
-    A process killed before the rename leaves ``partial`` behind and ``path`` as it was;
-    never a truncated file under ``path``.
-    """
-    with open(partial, "rb+") as file:
-        os.fsync(file.fileno())
-    os.replace(partial, path)
-
-
-def save_atomically(model: BaseAlgorithm, path: Path) -> None:
-    """Save ``model`` to ``path`` through a temporary file ``.<name>.partial.zip`` in the same folder."""
-    partial = path.with_name(f".{path.stem}.partial.zip")
-    model.save(partial)
-    replace_durably(partial, path)
-
-
-def write_text_atomically(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file in the same folder."""
-    partial = path.with_name(f".{path.name}.partial")
-    partial.write_text(text)
-    replace_durably(partial, path)
 
 
 def usage_entropy(counts: np.ndarray, top_k: int) -> float:
@@ -183,34 +164,6 @@ class RimDiagnosticsCallback(BaseCallback):
             self._last_heatmap = self.num_timesteps
 
 
-_CHECKPOINT_RE = re.compile(r"rl_model_(\d+)_steps\.zip")
-
-
-def sorted_checkpoints(folder: str | Path) -> list[tuple[int, Path]]:
-    """The ``rl_model_<steps>_steps.zip`` files in ``folder`` with their steps, fewest steps first.
-
-    :param folder: a run's checkpoint folder
-    """
-    return sorted(
-        (int(m.group(1)), p) for p in Path(folder).glob("*.zip") if (m := _CHECKPOINT_RE.fullmatch(p.name))
-    )
-
-
-def checkpoint_problem(path: Path) -> str | None:
-    """Why a checkpoint cannot be loaded (cut short, damaged, not a model), or None if it is whole.
-
-    :param path: a ``.zip`` written by Stable-Baselines3's ``save``
-    """
-    try:
-        with zipfile.ZipFile(path) as archive:
-            if "data" not in archive.namelist():
-                return "it holds no model data"
-            damaged = archive.testzip()
-    except (zipfile.BadZipFile, EOFError, OSError) as error:
-        return str(error)
-    return None if damaged is None else f"{damaged} inside it fails its checksum"
-
-
 class RolloutCheckpointCallback(BaseCallback):
     """Save ``rl_model_<steps>_steps.zip`` when a rollout starts, i.e. once the previous update is done.
 
@@ -246,12 +199,11 @@ class RolloutCheckpointCallback(BaseCallback):
 
     def _save(self) -> Path:
         self.save_dir.mkdir(parents=True, exist_ok=True)
-        path = self.save_dir / f"rl_model_{self.model.num_timesteps}_steps.zip"
+        path = checkpoint_path(self.save_dir, self.model.num_timesteps)
         save_atomically(self.model, path)
         self._last_saved = self.model.num_timesteps
         if self.keep:
-            for _, old in sorted_checkpoints(self.save_dir)[: -self.keep]:
-                old.unlink()
+            prune_checkpoints(self.save_dir, self.keep)
         return path
 
     def _on_rollout_start(self) -> None:

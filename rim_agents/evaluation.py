@@ -29,11 +29,12 @@ from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv
 
 import rim_agents.policies  # noqa: F401  (the RIM policy classes must be importable for load)
 from envs import check_env_id, env_family
+from rim_agents.checkpoints import latest_checkpoint
 from rim_agents.checks import check_device, check_writable_file, check_writable_folder
 from rim_agents.nn import RIM
 from rim_agents.plotting import plot_unit_activity
 from rim_agents.threads import torch_threads
-from rim_agents.training import CONFIG_FILE, TrainConfig, latest_checkpoint, load_run_config, make_vec_env
+from rim_agents.training import CONFIG_FILE, TrainConfig, load_run_config, make_vec_env
 
 # act(observation, episode_start) -> action, for a vectorised environment of one copy.
 ActFn = Callable[[Any, np.ndarray], np.ndarray]

@@ -8,7 +8,9 @@ One entry point for the command-line scripts and for sweep workers::
 
 A run directory holds ``config.yaml`` (the resolved configuration), ``tb/`` (TensorBoard
 events), ``checkpoints/rl_model_<steps>_steps.zip``, ``best_model.zip`` (best evaluation),
-``eval/evaluations.npz`` and ``final_model.zip``. Checkpoints are written when a rollout
+``eval/evaluations.npz`` and ``final_model.zip`` (the model files' saving, listing and loading
+are :mod:`rim_agents.checkpoints`). The folder is one level deep for every id: a namespace's
+``/`` is written ``+`` (:func:`run_folder_env`). Checkpoints are written when a rollout
 starts, i.e. after the previous update finished, so the step count in a checkpoint is work
 that has been trained on; resuming loads one and runs the remaining steps with
 ``reset_num_timesteps=False`` into the same TensorBoard directory, reseeded with
@@ -23,7 +25,6 @@ import dataclasses
 import difflib
 import importlib
 import inspect
-import os
 import time
 import warnings
 from collections.abc import Callable
@@ -52,9 +53,13 @@ from rim_agents.callbacks import (
     RimDiagnosticsCallback,
     RolloutCheckpointCallback,
     StopAfterSeconds,
-    checkpoint_problem,
+)
+from rim_agents.checkpoints import (
+    CHECKPOINT_DIR,
+    latest_checkpoint,
+    load_checkpoint,
     save_atomically,
-    sorted_checkpoints,
+    set_aside_later_checkpoints,
 )
 from rim_agents.checks import check_device, check_hyperparams, check_writable_folder, linear_schedule_start
 from rim_agents.extractors import MiniGridCNN
@@ -78,7 +83,6 @@ _RECURRENT_POLICY_KWARGS = (
 )
 VEC_ENVS = ("dummy", "subproc")
 CONFIG_FILE = "config.yaml"
-CHECKPOINT_DIR = "checkpoints"
 
 # Keys a YAML block or a -params override may set: RecurrentPPO's own arguments plus the
 # zoo's training keys. Arguments that the training core sets itself are left out.
@@ -442,28 +446,35 @@ def make_vec_env(
     return vec_env
 
 
+def run_folder_env(env_id: str) -> str:
+    """``env_id`` as one folder-name part: a namespace's ``/`` becomes ``+``.
+
+    ``MinAtar/Breakout-v1`` -> ``MinAtar+Breakout-v1``, ``ALE/Pong-v5`` -> ``ALE+Pong-v5``; ids
+    without a namespace stay as they are. Gymnasium ids never contain ``+`` (namespaces and
+    names are letters, digits, ``_``, ``-``, ``:`` and ``.``), so no two ids share a folder name.
+    Runs made before this rule put such ids two levels deep (``MinAtar/Breakout-v1__...``);
+    those folders are still read: their paths are given or stored whole.
+
+    :param env_id: environment id
+    """
+    return env_id.replace("/", "+")
+
+
 def new_run_dir(config: TrainConfig) -> Path:
-    """Create ``{log_folder}/{env}__{policy}__{seed}__{unix time}`` (CleanRL's run naming).
+    """Create ``{log_folder}/{env}__{policy}__{seed}__{unix time}`` (CleanRL's run naming), one folder
+    deep for every id (``env`` is :func:`run_folder_env` of the id).
 
     :param config: the run's configuration
     """
     stamp = int(time.time())
+    env = run_folder_env(config.env)
     while True:
-        run_dir = Path(config.log_folder) / f"{config.env}__{config.policy}__{config.seed}__{stamp}"
+        run_dir = Path(config.log_folder) / f"{env}__{config.policy}__{config.seed}__{stamp}"
         try:
             run_dir.mkdir(parents=True)
             return run_dir
         except FileExistsError:
             stamp += 1  # another run of the same env/policy/seed started within the same second
-
-
-def latest_checkpoint(run_dir: str | Path) -> Path | None:
-    """The checkpoint with the most steps in ``run_dir/checkpoints``, or None.
-
-    :param run_dir: a run directory
-    """
-    found = sorted_checkpoints(Path(run_dir) / CHECKPOINT_DIR)
-    return found[-1][1] if found else None
 
 
 def find_run(path: str | Path) -> tuple[Path, Path]:
@@ -507,42 +518,11 @@ def _save_config(config: TrainConfig, run_dir: Path) -> None:
         yaml.safe_dump(config.to_dict(), file, sort_keys=False)
 
 
-def _set_aside_later_checkpoints(folder: Path, num_timesteps: int) -> None:
-    """Move checkpoints past a resumed one into ``abandoned/``: a later resume must not pick a
-    checkpoint of the trajectory that this one replaces, and none is deleted."""
-    for steps, path in sorted_checkpoints(folder):
-        if steps > num_timesteps:
-            (folder / "abandoned").mkdir(exist_ok=True)
-            os.replace(path, folder / "abandoned" / path.name)
-
-
-def _check_zip(checkpoint: Path) -> None:
-    """A ValueError naming a checkpoint that is cut short or damaged, and the one to use instead."""
-    problem = checkpoint_problem(checkpoint)
-    if problem is not None:
-        earlier = [p for _, p in sorted_checkpoints(checkpoint.parent) if p != checkpoint]
-        hint = f"resume from {earlier[-1]}" if earlier else "start the run afresh"
-        raise ValueError(
-            f"checkpoint {str(checkpoint)!r} cannot be read ({problem}); it was probably cut short: "
-            f"move it away and {hint}"
-        )
-
-
 def _load_checkpoint(
     config: TrainConfig, algorithm: type[OnPolicyAlgorithm], policy_name: str, checkpoint: Path, env: VecEnv
 ) -> OnPolicyAlgorithm:
-    _check_zip(checkpoint)
-    try:
-        model = algorithm.load(checkpoint, env=env, device=config.device)
-    except ValueError as error:  # SB3 reports observation/action space mismatches as ValueError
-        raise ValueError(f"checkpoint {str(checkpoint)!r} does not fit {config.env}: {error}") from error
-    stored = type(model.policy)
     expected = algorithm.policy_aliases[policy_name]
-    if stored is not expected:
-        raise ValueError(
-            f"checkpoint {str(checkpoint)!r} holds a {stored.__name__}, but the run's config asks for "
-            f"{expected.__name__} (policy={config.policy!r})"
-        )
+    model = load_checkpoint(checkpoint, algorithm, expected, env, config.device, config.env, config.policy)
     # SB3's load reseeds everything with the run's seed, which would replay step 0's levels and
     # action noise at every resume; a seed drawn from (seed, steps) continues on fresh ones.
     model.seed = resume_seed(config.seed, model.num_timesteps)
@@ -677,7 +657,7 @@ def _train(
             # (the curves show one trajectory); the checkpoint's own step was logged before it was
             # saved and stays.
             SummaryWriter(str(run_dir / "tb"), purge_step=model.num_timesteps + 1).close()
-            _set_aside_later_checkpoints(run_dir / CHECKPOINT_DIR, model.num_timesteps)
+            set_aside_later_checkpoints(run_dir / CHECKPOINT_DIR, model.num_timesteps)
         formats = ["tensorboard", "stdout"] if config.verbose else ["tensorboard"]
         model.set_logger(configure(str(run_dir / "tb"), formats))
         if checkpoint is None:

@@ -180,8 +180,8 @@ def test_tiny_breakout_run_trains_then_evaluates_with_video_and_unit_plot(tmp_pa
     train_args += ["--eval-freq", 64, "--eval-episodes", 1, "--save-freq", 0, "-params", *TINY_PARAMS]
     result = run("train_minatar.py", *train_args)
     assert result.returncode == 0, result.stderr
-    (run_dir,) = (tmp_path / "logs" / "MinAtar").iterdir()  # the id's "/" makes a folder, as ALE/ ids do
-    assert run_dir.name.startswith("Breakout-v1__rim__0__")
+    (run_dir,) = (tmp_path / "logs").iterdir()  # one folder deep: the id's "/" becomes "+"
+    assert run_dir.name.startswith("MinAtar+Breakout-v1__rim__0__")
     with np.load(run_dir / "eval" / "evaluations.npz") as history:
         assert history["timesteps"].tolist() == [64, 128]
         assert (history["ep_lengths"] <= 40).all()

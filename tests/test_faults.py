@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from sb3_contrib import RecurrentPPO
 
-from rim_agents.callbacks import sorted_checkpoints
+from rim_agents.checkpoints import sorted_checkpoints
 from rim_agents.training import make_config, train
 from tests.test_training import ENV, TINY
 

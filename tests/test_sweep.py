@@ -457,7 +457,7 @@ def test_a_pruned_search_trial_stops_training_at_its_evaluation(tmp_path, monkey
 
 
 def test_a_cell_that_raised_runs_again_only_when_asked(tmp_path, monkeypatch, capsys):
-    import rim_agents.sweep as sweep_module
+    import rim_agents.sweep.worker as sweep_module  # train is looked up where the worker calls it
 
     storage, output = one_cell_study(tmp_path, "raised", 64), tmp_path / "runs"
     real_train = sweep_module.train

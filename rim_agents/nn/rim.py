@@ -84,8 +84,9 @@ class RIM(nn.Module):
             (:mod:`rim_agents.nn.graphs`), one per input shape: for rollouts, where a small
             RIM step is launch-bound. Results equal the eager calls'. Calls with autograd,
             on the CPU, or in training mode with attention dropout above 0 run eagerly.
-        device, dtype: where and in which floating-point type the parameters are made, as
-            ``nn.LSTM``'s factory arguments (default: the CPU, torch's default dtype).
+        device: where the parameters are made, as ``nn.LSTM``'s factory argument (default: the CPU).
+        dtype: the parameters' floating-point type, as ``nn.LSTM``'s factory argument
+            (default: torch's default dtype).
 
     Inputs: input, hx, episode_starts
         - **input**: ``(L, N, D)``, or ``(L, D)`` for one unbatched sequence, of the
