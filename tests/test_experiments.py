@@ -325,3 +325,52 @@ def test_memory_pool_pools_the_parts_and_tests_the_counts(tmp_path) -> None:
     assert cells["fisher_p"] == pytest.approx(0.206, abs=1e-3)  # 4 of 5 against 1 of 5
     missing = _script("memory_pool.py", first, "--policies", "rim", "ppo")
     assert missing.returncode == 2 and "no rows of policy ['ppo']" in missing.stderr
+
+
+def test_carry_runs_saves_what_a_sweep_needs_and_restores_it_without_overwriting(tmp_path: Path) -> None:
+    import zipfile
+
+    from torch.utils.tensorboard import SummaryWriter
+
+    run = tmp_path / "logs" / "study" / "0000__Pong__rim__0"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "eval").mkdir()
+    (run / "config.yaml").write_text("env: Pong\n")
+    (run / "eval" / "evaluations.npz").write_bytes(b"npz")
+    with zipfile.ZipFile(run / "checkpoints" / "rl_model_100_steps.zip", "w") as archive:
+        archive.writestr("data", "{}")
+    (run / "checkpoints" / "rl_model_200_steps.zip").write_bytes(b"cut short")  # a kill while saving
+    writer = SummaryWriter(str(run / "tb" / "RecurrentPPO_1"))
+    for step, value in ((50, -21.0), (100, -20.5)):
+        writer.add_scalar("rollout/ep_rew_mean", value, step)
+    writer.close()
+    journal = tmp_path / "runs" / "sweep.log"
+    journal.parent.mkdir()
+    journal.write_text("journal\n")
+
+    state = tmp_path / "state"
+    saved = _script("carry_runs.py", "save", "--storage", journal, "--logs", tmp_path / "logs",
+                    "--studies", "study", "--to", state)  # fmt: skip
+    assert saved.returncode == 0, saved.stderr
+    assert "study/0000__Pong__rim__0: checkpoint at 100 steps" in saved.stdout
+    kept = state / "study" / "0000__Pong__rim__0"
+    assert sorted(p.name for p in (kept / "checkpoints").iterdir()) == ["rl_model_100_steps.zip"]
+    assert (run / "checkpoints" / "rl_model_200_steps.zip").exists()  # the source is left as it was
+    assert (kept / "curve.csv").read_text().splitlines() == [
+        "step,rollout/ep_rew_mean",
+        "50,-21.0",
+        "100,-20.5",
+    ]
+    assert (state / "sweep.log").read_text() == "journal\n"
+
+    fresh = tmp_path / "fresh"
+    restored = _script("carry_runs.py", "restore", "--from", state, "--storage", fresh / "sweep.log",
+                       "--logs", fresh / "logs")  # fmt: skip
+    assert restored.returncode == 0, restored.stderr
+    back = fresh / "logs" / "study" / "0000__Pong__rim__0"
+    assert (back / "checkpoints" / "rl_model_100_steps.zip").read_bytes() == (
+        run / "checkpoints" / "rl_model_100_steps.zip"
+    ).read_bytes()
+    assert (back / "config.yaml").read_text() == "env: Pong\n"
+    again = _script("carry_runs.py", "restore", "--from", state, "--storage", fresh / "sweep.log")
+    assert again.returncode != 0 and "restore never overwrites" in again.stderr
