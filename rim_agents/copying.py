@@ -39,7 +39,6 @@ import numpy as np
 import torch as th
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 from envs.copying import NUM_CLASSES, NUM_DIGITS, VOCAB_SIZE, copying_batch, recall_slice
@@ -50,6 +49,8 @@ from rim_agents.run_state import (
     CHECKPOINT,
     TrainingInterrupted,
     interrupt_flag,
+    log_unit_activity,
+    open_writer,
     save_atomically,
     write_results,
 )
@@ -499,16 +500,8 @@ def _train_copying(
         history, wall_before = checkpoint["history"], checkpoint["wall_time_s"]
     step = epoch * config.batches_per_epoch + batch
     test_sets = {gap: fixed_test_batches(config, gap) for gap in config.test_lengths}
-    # Events logged after the checkpoint by a killed run are dropped: the resumed run rewrites them.
-    writer = SummaryWriter(str(output_dir), purge_step=step + 1 if checkpoint is not None else None)
     num_params = sum(parameter.numel() for parameter in model.parameters())
-    if checkpoint is None:
-        writer.add_text(
-            "hyperparameters",
-            "|param|value|\n|-|-|\n"
-            + "\n".join(f"|{key}|{value}|" for key, value in config.to_dict().items()),
-        )
-        writer.add_scalar("charts/parameters", num_params, 0)
+    writer = open_writer(output_dir, config.to_dict(), num_params, step, resumed=checkpoint is not None)
 
     def save() -> None:
         save_atomically(
@@ -587,9 +580,7 @@ def _train_copying(
                 for name, value in metrics.items():
                     writer.add_scalar(f"eval_gap_{gap}/{name}", value, step)
                 if unit_activity is not None:
-                    for layer, activity in enumerate(unit_activity):
-                        for unit, frequency in enumerate(activity.tolist()):
-                            writer.add_scalar(f"units_gap_{gap}/layer{layer}_unit{unit}", frequency, step)
+                    log_unit_activity(writer, f"units_gap_{gap}", unit_activity, step)
             history.append(
                 {
                     "epoch": epoch,

@@ -30,7 +30,6 @@ import numpy as np
 import torch as th
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 from envs.seq_images import DATASETS, NUM_CLASSES, ImageData, load_dataset, to_sequences
@@ -41,6 +40,8 @@ from rim_agents.run_state import (
     CHECKPOINT,
     TrainingInterrupted,
     interrupt_flag,
+    log_unit_activity,
+    open_writer,
     save_atomically,
     write_results,
 )
@@ -437,16 +438,8 @@ def _train_seq_images(
         history, wall_before = checkpoint["history"], checkpoint["wall_time_s"]
         epoch_losses, epoch_accuracies = checkpoint["epoch_losses"], checkpoint["epoch_accuracies"]
     step = epoch * batches_per_epoch + batch
-    # Events logged after the checkpoint by a killed run are dropped: the resumed run rewrites them.
-    writer = SummaryWriter(str(output_dir), purge_step=step + 1 if checkpoint is not None else None)
     num_params = sum(parameter.numel() for parameter in model.parameters())
-    if checkpoint is None:
-        writer.add_text(
-            "hyperparameters",
-            "|param|value|\n|-|-|\n"
-            + "\n".join(f"|{key}|{value}|" for key, value in config.to_dict().items()),
-        )
-        writer.add_scalar("charts/parameters", num_params, 0)
+    writer = open_writer(output_dir, config.to_dict(), num_params, step, resumed=checkpoint is not None)
 
     def save() -> None:
         save_atomically(
@@ -523,9 +516,7 @@ def _train_seq_images(
                 for name, value in metrics.items():
                     writer.add_scalar(f"eval_{size}x{size}/{name}", value, step)
                 if unit_activity is not None:
-                    for layer, activity in enumerate(unit_activity):
-                        for unit, frequency in enumerate(activity.tolist()):
-                            writer.add_scalar(f"units_{size}x{size}/layer{layer}_unit{unit}", frequency, step)
+                    log_unit_activity(writer, f"units_{size}x{size}", unit_activity, step)
             history.append(
                 {
                     "epoch": epoch,
