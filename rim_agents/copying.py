@@ -39,7 +39,6 @@ import numpy as np
 import torch as th
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 from envs.copying import NUM_CLASSES, NUM_DIGITS, VOCAB_SIZE, copying_batch, recall_slice
@@ -50,14 +49,26 @@ from rim_agents.run_state import (
     CHECKPOINT,
     TrainingInterrupted,
     interrupt_flag,
+    log_unit_activity,
+    open_writer,
     save_atomically,
     write_results,
 )
 from rim_agents.run_state import RunExistsError as RunExistsError  # raised by check_new_run_folder
+from rim_agents.supervised_config import CELLS as CELLS
+from rim_agents.supervised_config import MODELS as MODELS
+from rim_agents.supervised_config import ConfigError as ConfigError
+from rim_agents.supervised_config import (
+    build_core,
+    check_choices,
+    check_epochs_started,
+    check_positive_int_list,
+    check_positive_ints,
+    check_resumable,
+    check_shared_fields,
+)
 from rim_agents.threads import torch_threads
 
-MODELS = ("rim", "lstm")
-CELLS = ("lstm", "gru")
 LR_SCHEDULES = ("constant", "cosine")
 
 METRIC_DEFINITIONS = {
@@ -66,16 +77,6 @@ METRIC_DEFINITIONS = {
     "digit_acc": "fraction of recalled digits that are right",
     "seq_acc": "fraction of sequences with all ten digits right",
 }
-
-
-class ConfigError(ValueError):
-    """A configuration value outside what is allowed; names the field, the value and the allowed range."""
-
-    def __init__(self, name: str, value: Any, allowed: str) -> None:
-        self.name = name
-        self.value = value
-        self.allowed = allowed
-        super().__init__(f"{name} must be {allowed}, got {value!r}")
 
 
 @dataclass
@@ -136,59 +137,27 @@ class CopyingConfig:
 
     def __post_init__(self) -> None:
         self.test_lengths = tuple(self.test_lengths)
-        if self.model not in MODELS:
-            raise ConfigError("model", self.model, f"one of {', '.join(MODELS)}")
-        if self.cell not in CELLS:
-            raise ConfigError("cell", self.cell, f"one of {', '.join(CELLS)}")
-        if self.comm_read not in COMM_READS:
-            raise ConfigError("comm_read", self.comm_read, f"one of {', '.join(COMM_READS)}")
-        if self.lr_schedule not in LR_SCHEDULES:
-            raise ConfigError("lr_schedule", self.lr_schedule, f"one of {', '.join(LR_SCHEDULES)}")
-        positive_ints = (
-            "train_length",
-            "epochs",
-            "batches_per_epoch",
-            "batch_size",
-            "eval_batches",
-            "embedding_size",
-            "num_units",
-            "unit_size",
-            "hidden_size",
-            "num_threads",
+        check_choices(
+            self,
+            {"model": MODELS, "cell": CELLS, "comm_read": COMM_READS, "lr_schedule": LR_SCHEDULES},
         )
-        for name in positive_ints:
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigError(name, value, "a positive integer")
-        if not self.test_lengths or any(
-            isinstance(length, bool) or not isinstance(length, int) or length < 1
-            for length in self.test_lengths
-        ):
-            raise ConfigError("test_lengths", self.test_lengths, "one or more positive integers")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
-            raise ConfigError("seed", self.seed, "a non-negative integer")
-        if (
-            isinstance(self.top_k, bool)
-            or not isinstance(self.top_k, int)
-            or not 1 <= self.top_k <= self.num_units
-        ):
-            raise ConfigError("top_k", self.top_k, f"an integer in [1, num_units={self.num_units}]")
-        for name in ("lr", "clip"):
-            value = getattr(self, name)
-            if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
-                raise ConfigError(name, value, "a positive finite number")
-        for name in ("input_dropout", "comm_dropout"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int | float) or not 0.0 <= value < 1.0:
-                raise ConfigError(name, value, "a number in [0, 1)")
-        try:
-            device = th.device(self.device)
-        except RuntimeError as error:
-            raise ConfigError("device", self.device, "a torch device such as cpu or cuda") from error
-        if device.type == "cuda" and not th.cuda.is_available():
-            raise ConfigError(
-                "device", self.device, "cpu on this machine (torch.cuda.is_available() is False)"
-            )
+        check_positive_ints(
+            self,
+            (
+                "train_length",
+                "epochs",
+                "batches_per_epoch",
+                "batch_size",
+                "eval_batches",
+                "embedding_size",
+                "num_units",
+                "unit_size",
+                "hidden_size",
+                "num_threads",
+            ),
+        )
+        check_positive_int_list("test_lengths", self.test_lengths)
+        check_shared_fields(self)
 
     def to_dict(self) -> dict[str, Any]:
         """The configuration as JSON-friendly values (``test_lengths`` as a list)."""
@@ -262,20 +231,7 @@ def build_model(config: CopyingConfig) -> CopyingModel:
     :return: the model
     """
     th.manual_seed(config.seed)
-    core: RIM | nn.LSTM
-    if config.model == "rim":
-        core = RIM(
-            config.embedding_size,
-            num_units=config.num_units,
-            unit_size=config.unit_size,
-            top_k=config.top_k,
-            cell=config.cell,
-            input_dropout=config.input_dropout,
-            comm_dropout=config.comm_dropout,
-            comm_read=config.comm_read,
-        )
-    else:
-        core = nn.LSTM(config.embedding_size, config.hidden_size)
+    core = build_core(config)
     return CopyingModel(core, config.embedding_size).to(config.device)
 
 
@@ -476,9 +432,7 @@ def resumed_config(checkpoint: dict[str, Any], epochs: int | None = None) -> Cop
             f"{config.epochs} when resuming a run with lr_schedule={config.lr_schedule} "
             "(its schedule spans the original number of updates)",
         )
-    done = checkpoint["epoch"] + (1 if checkpoint["batch"] else 0)
-    if epochs < done:
-        raise ConfigError("epochs", epochs, f"at least {done}, the epochs this run has already started")
+    check_epochs_started(checkpoint, epochs)
     return CopyingConfig(**{**checkpoint["config"], "epochs": epochs})
 
 
@@ -513,9 +467,7 @@ def train_copying(
     checkpoint = None
     if resume:
         checkpoint = load_checkpoint(output_dir)
-        saved = CopyingConfig(**checkpoint["config"])
-        if {**config.to_dict(), "epochs": saved.epochs} != saved.to_dict():
-            raise ConfigError("config", config.to_dict(), f"the saved run's configuration {saved.to_dict()}")
+        check_resumable(config, CopyingConfig(**checkpoint["config"]))
     else:
         check_new_run_folder(output_dir)
     with torch_threads(config.num_threads), interrupt_flag() as interrupted:
@@ -548,16 +500,8 @@ def _train_copying(
         history, wall_before = checkpoint["history"], checkpoint["wall_time_s"]
     step = epoch * config.batches_per_epoch + batch
     test_sets = {gap: fixed_test_batches(config, gap) for gap in config.test_lengths}
-    # Events logged after the checkpoint by a killed run are dropped: the resumed run rewrites them.
-    writer = SummaryWriter(str(output_dir), purge_step=step + 1 if checkpoint is not None else None)
     num_params = sum(parameter.numel() for parameter in model.parameters())
-    if checkpoint is None:
-        writer.add_text(
-            "hyperparameters",
-            "|param|value|\n|-|-|\n"
-            + "\n".join(f"|{key}|{value}|" for key, value in config.to_dict().items()),
-        )
-        writer.add_scalar("charts/parameters", num_params, 0)
+    writer = open_writer(output_dir, config.to_dict(), num_params, step, resumed=checkpoint is not None)
 
     def save() -> None:
         save_atomically(
@@ -636,9 +580,7 @@ def _train_copying(
                 for name, value in metrics.items():
                     writer.add_scalar(f"eval_gap_{gap}/{name}", value, step)
                 if unit_activity is not None:
-                    for layer, activity in enumerate(unit_activity):
-                        for unit, frequency in enumerate(activity.tolist()):
-                            writer.add_scalar(f"units_gap_{gap}/layer{layer}_unit{unit}", frequency, step)
+                    log_unit_activity(writer, f"units_gap_{gap}", unit_activity, step)
             history.append(
                 {
                     "epoch": epoch,

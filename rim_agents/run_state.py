@@ -3,8 +3,9 @@
 A run folder holds ``checkpoint.pt`` (everything the rest of the run depends on) and
 ``results.json`` (the evaluation history), both rewritten through a temporary file so that a
 kill never leaves half of one. A new run refuses a folder that already holds one; Ctrl-C stops a
-run between two updates so that it can save and be resumed exactly. The task modules
-(``rim_agents.copying``, ``rim_agents.seq_images``) decide what goes into the checkpoint.
+run between two updates so that it can save and be resumed exactly. Its TensorBoard events
+start with the hyperparameter table, and a resumed run drops those logged after the checkpoint.
+The task modules (``rim_agents.copying``, ``rim_agents.seq_images``) decide what goes into the checkpoint.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import torch as th
+from torch.utils.tensorboard import SummaryWriter
 
 CHECKPOINT = "checkpoint.pt"
 RESULTS = "results.json"
@@ -126,3 +128,41 @@ def write_results(output_dir: Path, results: dict[str, Any]) -> None:
     partial = output_dir / f".{RESULTS}.partial"
     partial.write_text(json.dumps(results, indent=2) + "\n")
     os.replace(partial, output_dir / RESULTS)
+
+
+def open_writer(
+    output_dir: Path, config: dict[str, Any], num_params: int, step: int, resumed: bool
+) -> SummaryWriter:
+    """
+    The run's TensorBoard writer; a new run logs its hyperparameter table and parameter count.
+
+    :param output_dir: the run folder
+    :param config: the configuration as JSON-friendly values
+    :param num_params: the model's parameter count
+    :param step: the updates made so far
+    :param resumed: whether the run continues from its checkpoint
+    :return: the writer (the caller closes it)
+    """
+    # Events logged after the checkpoint by a killed run are dropped: the resumed run rewrites them.
+    writer = SummaryWriter(str(output_dir), purge_step=step + 1 if resumed else None)
+    if not resumed:
+        writer.add_text(
+            "hyperparameters",
+            "|param|value|\n|-|-|\n" + "\n".join(f"|{key}|{value}|" for key, value in config.items()),
+        )
+        writer.add_scalar("charts/parameters", num_params, 0)
+    return writer
+
+
+def log_unit_activity(writer: SummaryWriter, prefix: str, unit_activity: th.Tensor, step: int) -> None:
+    """
+    Log how often each RIM unit was active as ``<prefix>/layer<l>_unit<k>``.
+
+    :param writer: the run's writer
+    :param prefix: the tag group, naming the test set ("units_gap_50", "units_16x16")
+    :param unit_activity: (num_layers, K) fraction of steps each unit was active
+    :param step: the updates made so far
+    """
+    for layer, activity in enumerate(unit_activity):
+        for unit, frequency in enumerate(activity.tolist()):
+            writer.add_scalar(f"{prefix}/layer{layer}_unit{unit}", frequency, step)

@@ -20,7 +20,6 @@ Symbols:
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -31,20 +30,33 @@ import numpy as np
 import torch as th
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 from envs.seq_images import DATASETS, NUM_CLASSES, ImageData, load_dataset, to_sequences
 from rim_agents import run_state
-from rim_agents.copying import CELLS, MODELS, ConfigError
 from rim_agents.nn import RIM
 from rim_agents.nn.attention import COMM_READS
 from rim_agents.run_state import (
     CHECKPOINT,
     TrainingInterrupted,
     interrupt_flag,
+    log_unit_activity,
+    open_writer,
     save_atomically,
     write_results,
+)
+from rim_agents.supervised_config import (
+    CELLS,
+    MODELS,
+    ConfigError,
+    build_core,
+    check_choices,
+    check_epochs_started,
+    check_positive_int_list,
+    check_positive_ints,
+    check_resumable,
+    check_shared_fields,
+    is_positive_int,
 )
 from rim_agents.threads import torch_threads
 
@@ -120,59 +132,32 @@ class SeqImagesConfig:
 
     def __post_init__(self) -> None:
         self.test_sizes = tuple(self.test_sizes)
-        choices = {"model": MODELS, "dataset": DATASETS, "cell": CELLS, "comm_read": COMM_READS}
-        for name, allowed in choices.items():
-            if getattr(self, name) not in allowed:
-                raise ConfigError(name, getattr(self, name), f"one of {', '.join(allowed)}")
-        positive_ints = (
-            "train_size",
-            "epochs",
-            "batch_size",
-            "embedding_size",
-            "num_units",
-            "unit_size",
-            "hidden_size",
-            "num_threads",
+        check_choices(self, {"model": MODELS, "dataset": DATASETS, "cell": CELLS, "comm_read": COMM_READS})
+        check_positive_ints(
+            self,
+            (
+                "train_size",
+                "epochs",
+                "batch_size",
+                "embedding_size",
+                "num_units",
+                "unit_size",
+                "hidden_size",
+                "num_threads",
+            ),
         )
-        for name in positive_ints:
-            if not _positive_int(getattr(self, name)):
-                raise ConfigError(name, getattr(self, name), "a positive integer")
         for name in ("train_limit", "eval_limit"):
             value = getattr(self, name)
-            if value is not None and not _positive_int(value):
+            if value is not None and not is_positive_int(value):
                 raise ConfigError(name, value, "a positive integer or None (all images)")
-        if not self.test_sizes or not all(_positive_int(size) for size in self.test_sizes):
-            raise ConfigError("test_sizes", self.test_sizes, "one or more positive integers")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
-            raise ConfigError("seed", self.seed, "a non-negative integer")
-        if not _positive_int(self.top_k) or self.top_k > self.num_units:
-            raise ConfigError("top_k", self.top_k, f"an integer in [1, num_units={self.num_units}]")
-        for name in ("lr", "clip"):
-            value = getattr(self, name)
-            if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
-                raise ConfigError(name, value, "a positive finite number")
-        for name in ("input_dropout", "comm_dropout"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int | float) or not 0.0 <= value < 1.0:
-                raise ConfigError(name, value, "a number in [0, 1)")
-        try:
-            device = th.device(self.device)
-        except RuntimeError as error:
-            raise ConfigError("device", self.device, "a torch device such as cpu or cuda") from error
-        if device.type == "cuda" and not th.cuda.is_available():
-            raise ConfigError(
-                "device", self.device, "cpu on this machine (torch.cuda.is_available() is False)"
-            )
+        check_positive_int_list("test_sizes", self.test_sizes)
+        check_shared_fields(self)
 
     def to_dict(self) -> dict[str, Any]:
         """The configuration as JSON-friendly values (``test_sizes`` as a list)."""
         config = asdict(self)
         config["test_sizes"] = list(self.test_sizes)
         return config
-
-
-def _positive_int(value: Any) -> bool:
-    return not isinstance(value, bool) and isinstance(value, int) and value >= 1
 
 
 class SeqImageModel(nn.Module):
@@ -207,20 +192,7 @@ def build_model(config: SeqImagesConfig) -> SeqImageModel:
     :return: the model
     """
     th.manual_seed(config.seed)
-    core: RIM | nn.LSTM
-    if config.model == "rim":
-        core = RIM(
-            config.embedding_size,
-            num_units=config.num_units,
-            unit_size=config.unit_size,
-            top_k=config.top_k,
-            cell=config.cell,
-            input_dropout=config.input_dropout,
-            comm_dropout=config.comm_dropout,
-            comm_read=config.comm_read,
-        )
-    else:
-        core = nn.LSTM(config.embedding_size, config.hidden_size)
+    core = build_core(config)
     return SeqImageModel(core, config.embedding_size).to(config.device)
 
 
@@ -377,9 +349,7 @@ def resumed_config(checkpoint: dict[str, Any], epochs: int | None = None) -> Seq
     config = SeqImagesConfig(**checkpoint["config"])
     if epochs is None or epochs == config.epochs:
         return config
-    done = checkpoint["epoch"] + (1 if checkpoint["batch"] else 0)
-    if epochs < done:
-        raise ConfigError("epochs", epochs, f"at least {done}, the epochs this run has already started")
+    check_epochs_started(checkpoint, epochs)
     return SeqImagesConfig(**{**checkpoint["config"], "epochs": epochs})
 
 
@@ -419,9 +389,7 @@ def train_seq_images(
     checkpoint = None
     if resume:
         checkpoint = load_checkpoint(output_dir)
-        saved = SeqImagesConfig(**checkpoint["config"])
-        if {**config.to_dict(), "epochs": saved.epochs} != saved.to_dict():
-            raise ConfigError("config", config.to_dict(), f"the saved run's configuration {saved.to_dict()}")
+        check_resumable(config, SeqImagesConfig(**checkpoint["config"]))
     else:
         check_new_run_folder(output_dir)
     if data is None:
@@ -470,16 +438,8 @@ def _train_seq_images(
         history, wall_before = checkpoint["history"], checkpoint["wall_time_s"]
         epoch_losses, epoch_accuracies = checkpoint["epoch_losses"], checkpoint["epoch_accuracies"]
     step = epoch * batches_per_epoch + batch
-    # Events logged after the checkpoint by a killed run are dropped: the resumed run rewrites them.
-    writer = SummaryWriter(str(output_dir), purge_step=step + 1 if checkpoint is not None else None)
     num_params = sum(parameter.numel() for parameter in model.parameters())
-    if checkpoint is None:
-        writer.add_text(
-            "hyperparameters",
-            "|param|value|\n|-|-|\n"
-            + "\n".join(f"|{key}|{value}|" for key, value in config.to_dict().items()),
-        )
-        writer.add_scalar("charts/parameters", num_params, 0)
+    writer = open_writer(output_dir, config.to_dict(), num_params, step, resumed=checkpoint is not None)
 
     def save() -> None:
         save_atomically(
@@ -556,9 +516,7 @@ def _train_seq_images(
                 for name, value in metrics.items():
                     writer.add_scalar(f"eval_{size}x{size}/{name}", value, step)
                 if unit_activity is not None:
-                    for layer, activity in enumerate(unit_activity):
-                        for unit, frequency in enumerate(activity.tolist()):
-                            writer.add_scalar(f"units_{size}x{size}/layer{layer}_unit{unit}", frequency, step)
+                    log_unit_activity(writer, f"units_{size}x{size}", unit_activity, step)
             history.append(
                 {
                     "epoch": epoch,

@@ -20,17 +20,14 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from dataclasses import fields
+from dataclasses import asdict
 from pathlib import Path
 
 from rim_agents.copying import (
     CELLS,
     LR_SCHEDULES,
     MODELS,
-    ConfigError,
     CopyingConfig,
-    RunExistsError,
-    TrainingInterrupted,
     check_new_run_folder,
     load_checkpoint,
     paper_config,
@@ -39,6 +36,14 @@ from rim_agents.copying import (
     train_copying,
 )
 from rim_agents.nn.attention import COMM_READS
+from rim_agents.supervised_cli import (
+    CORE_FLAGS,
+    add_config_flags,
+    add_run_flags,
+    new_run_args,
+    resume_args,
+    train_and_report,
+)
 
 FLAGS = {
     "model": ("--model", str, "rim (RIMs) or lstm (the baseline)"),
@@ -53,16 +58,7 @@ FLAGS = {
     "clip": ("--clip", float, "maximum gradient norm"),
     "seed": ("--seed", int, "seed for the weights, the training data and the test sets"),
     "embedding_size": ("--embedding-size", int, "token embedding size"),
-    "num_units": ("--num-units", int, "RIM units"),
-    "unit_size": ("--unit-size", int, "RIM unit size"),
-    "top_k": ("--top-k", int, "RIM units active per step"),
-    "cell": ("--cell", str, "RIM unit dynamics"),
-    "input_dropout": ("--input-dropout", float, "RIM dropout on the input-attention weights"),
-    "comm_dropout": ("--comm-dropout", float, "RIM dropout on the communication-attention weights"),
-    "comm_read": ("--comm-read", str, "how RIM units add their communication read (gated or linear)"),
-    "hidden_size": ("--hidden-size", int, "LSTM baseline hidden size"),
-    "device": ("--device", str, "torch device, e.g. cpu or cuda"),
-    "num_threads": ("--num-threads", int, "CPU threads for torch (one is fastest for the RIM on a CPU)"),
+    **CORE_FLAGS,
 }
 CHOICES = {"model": MODELS, "cell": CELLS, "lr_schedule": LR_SCHEDULES, "comm_read": COMM_READS}
 
@@ -83,100 +79,48 @@ def parse_args(argv: list[str] | None = None) -> tuple[CopyingConfig, Path, bool
         "constant 1e-3, attention dropouts 0.1) "
         "instead of the small CPU default; other flags still override it",
     )
-    defaults = CopyingConfig()
-    for config_field in fields(CopyingConfig):
-        flag, kind, text = FLAGS[config_field.name]
-        default = getattr(defaults, config_field.name)
-        if config_field.name == "test_lengths":
-            parser.add_argument(
-                flag, type=kind, nargs="+", default=None, help=f"{text} (default {list(default)})"
-            )
-        else:
-            parser.add_argument(
-                flag,
-                type=kind,
-                choices=CHOICES.get(config_field.name),
-                default=None,
-                help=f"{text} (default {default})",
-            )
-    parser.add_argument(
-        "--output",
-        type=Path,
-        default=None,
-        help="folder for TensorBoard events, checkpoint.pt and results.json "
-        "(default runs/copying/<model>__gap<train>__<seed>__<time>)",
-    )
-    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    parser.add_argument(
-        "--resume",
-        type=Path,
-        default=None,
-        metavar="RUN_FOLDER",
-        help="continue the run saved in this folder from its checkpoint.pt, exactly where it stopped; "
-        "only --epochs (with a constant learning rate) and --no-progress may be given with it",
+    add_config_flags(parser, CopyingConfig, FLAGS, CHOICES)
+    add_run_flags(
+        parser,
+        "runs/copying/<model>__gap<train>__<seed>__<time>",
+        "--epochs (with a constant learning rate) and --no-progress",
     )
     args = parser.parse_args(argv)
     if args.resume is not None:
-        return _resume_args(parser, args)
-
-    model = args.model or defaults.model
-    base = paper_config(model) if args.paper else CopyingConfig(model=model)
-    overrides = {name: getattr(args, name) for name in FLAGS if getattr(args, name) is not None}
-    values = {config_field.name: getattr(base, config_field.name) for config_field in fields(CopyingConfig)}
-    values.update(overrides)
-    try:
-        config = CopyingConfig(**values)
-    except ConfigError as error:
-        allowed = error.allowed
-        for name, (flag, _, _) in FLAGS.items():
-            allowed = allowed.replace(f"{name}=", f"{flag}=")
-        parser.error(f"{FLAGS[error.name][0]} must be {allowed}, got {error.value!r}")
-    output = args.output or Path(
-        "runs", "copying", f"{config.model}__gap{config.train_length}__{config.seed}__{int(time.time())}"
-    )
-    try:
-        check_new_run_folder(output)
-    except (RunExistsError, NotADirectoryError) as error:
-        parser.error(str(error))
-    return config, output, not args.no_progress, False
-
-
-def _resume_args(
-    parser: argparse.ArgumentParser, args: argparse.Namespace
-) -> tuple[CopyingConfig, Path, bool, bool]:
-    """``parse_args`` for ``--resume``: the saved configuration, with at most a new number of epochs."""
-    given = [FLAGS[name][0] for name in FLAGS if name != "epochs" and getattr(args, name) is not None]
-    given += ["--paper"] if args.paper else []
-    given += ["--output"] if args.output is not None else []
-    if given:
-        parser.error(
-            f"--resume continues the saved configuration; drop {', '.join(given)} "
-            "(only --epochs and --no-progress may be given with it)"
+        return resume_args(
+            parser,
+            args,
+            FLAGS,
+            ["--paper"] if args.paper else [],
+            lambda: resumed_config(load_checkpoint(args.resume), args.epochs),
         )
-    try:
-        config = resumed_config(load_checkpoint(args.resume), args.epochs)
-    except ConfigError as error:
-        parser.error(f"{FLAGS[error.name][0]} must be {error.allowed}, got {error.value!r}")
-    except (FileNotFoundError, ValueError) as error:
-        parser.error(str(error))
-    return config, args.resume, not args.no_progress, True
+
+    def make_config() -> CopyingConfig:
+        model = args.model or CopyingConfig.model
+        base = paper_config(model) if args.paper else CopyingConfig(model=model)
+        overrides = {name: getattr(args, name) for name in FLAGS if getattr(args, name) is not None}
+        return CopyingConfig(**{**asdict(base), **overrides})
+
+    return new_run_args(
+        parser,
+        args,
+        FLAGS,
+        make_config,
+        lambda config: Path(
+            "runs", "copying", f"{config.model}__gap{config.train_length}__{config.seed}__{int(time.time())}"
+        ),
+        check_new_run_folder,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
     config, output, progress, resume = parse_args(argv)
-    try:
-        results = train_copying(config, output, progress=progress, resume=resume)
-    except TrainingInterrupted as stop:
-        print(
-            f"\ninterrupted after update {stop.update}: checkpoint saved\n"
-            f"resume with: python scripts/train_copying.py --resume {stop.output_dir}",
-            file=sys.stderr,
-        )
-        return 130
-    print(results_table(results))
-    print(f"\nwall time {results['wall_time_s']:.0f} s; results in {output / 'results.json'}")
-    sys.stdout.flush()
-    return 0
+    return train_and_report(
+        lambda: train_copying(config, output, progress=progress, resume=resume),
+        results_table,
+        output,
+        "scripts/train_copying.py",
+    )
 
 
 if __name__ == "__main__":

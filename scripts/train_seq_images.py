@@ -21,13 +21,10 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from dataclasses import fields
 from pathlib import Path
 
 from envs.seq_images import DATASETS, DatasetMissingError, load_dataset
-from rim_agents.copying import CELLS, MODELS, ConfigError
 from rim_agents.nn.attention import COMM_READS
-from rim_agents.run_state import RunExistsError, TrainingInterrupted
 from rim_agents.seq_images import (
     SCRIPT,
     SeqImagesConfig,
@@ -37,6 +34,15 @@ from rim_agents.seq_images import (
     resumed_config,
     train_seq_images,
 )
+from rim_agents.supervised_cli import (
+    CORE_FLAGS,
+    add_config_flags,
+    add_run_flags,
+    new_run_args,
+    resume_args,
+    train_and_report,
+)
+from rim_agents.supervised_config import CELLS, MODELS
 
 FLAGS = {
     "model": ("--model", str, "rim (RIMs) or lstm (the baseline)"),
@@ -56,16 +62,7 @@ FLAGS = {
     "clip": ("--clip", float, "maximum gradient norm"),
     "seed": ("--seed", int, "seed for the weights, the order of the training images and dropout"),
     "embedding_size": ("--embedding-size", int, "pixel embedding size"),
-    "num_units": ("--num-units", int, "RIM units"),
-    "unit_size": ("--unit-size", int, "RIM unit size"),
-    "top_k": ("--top-k", int, "RIM units active per step"),
-    "cell": ("--cell", str, "RIM unit dynamics"),
-    "input_dropout": ("--input-dropout", float, "RIM dropout on the input-attention weights"),
-    "comm_dropout": ("--comm-dropout", float, "RIM dropout on the communication-attention weights"),
-    "comm_read": ("--comm-read", str, "how RIM units add their communication read (gated or linear)"),
-    "hidden_size": ("--hidden-size", int, "LSTM baseline hidden size"),
-    "device": ("--device", str, "torch device, e.g. cpu or cuda"),
-    "num_threads": ("--num-threads", int, "CPU threads for torch (one is fastest for the RIM on a CPU)"),
+    **CORE_FLAGS,
 }
 CHOICES = {"model": MODELS, "dataset": DATASETS, "cell": CELLS, "comm_read": COMM_READS}
 
@@ -80,79 +77,25 @@ def parse_args(argv: list[str] | None = None) -> tuple[SeqImagesConfig, Path, bo
         description="Sequential images (Goyal et al. 2021, appendix D.3): train at 14x14, test at higher "
         "resolutions. The defaults are the paper's setting."
     )
-    defaults = SeqImagesConfig()
-    for config_field in fields(SeqImagesConfig):
-        flag, kind, text = FLAGS[config_field.name]
-        default = getattr(defaults, config_field.name)
-        if config_field.name == "test_sizes":
-            parser.add_argument(
-                flag, type=kind, nargs="+", default=None, help=f"{text} (default {list(default)})"
-            )
-        else:
-            shown = "all" if config_field.name.endswith("_limit") else default
-            parser.add_argument(
-                flag,
-                type=kind,
-                choices=CHOICES.get(config_field.name),
-                default=None,
-                help=f"{text} (default {shown})",
-            )
-    parser.add_argument(
-        "--output",
-        type=Path,
-        default=None,
-        help="folder for TensorBoard events, checkpoint.pt and results.json "
-        "(default runs/seq_images/<dataset>__<model>__<seed>__<time>)",
-    )
-    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    parser.add_argument(
-        "--resume",
-        type=Path,
-        default=None,
-        metavar="RUN_FOLDER",
-        help="continue the run saved in this folder from its checkpoint.pt, exactly where it stopped; "
-        "only --epochs and --no-progress may be given with it",
-    )
+    add_config_flags(parser, SeqImagesConfig, FLAGS, CHOICES)
+    add_run_flags(parser, "runs/seq_images/<dataset>__<model>__<seed>__<time>", "--epochs and --no-progress")
     args = parser.parse_args(argv)
     if args.resume is not None:
-        return _resume_args(parser, args)
-
-    overrides = {name: getattr(args, name) for name in FLAGS if getattr(args, name) is not None}
-    try:
-        config = SeqImagesConfig(**overrides)
-    except ConfigError as error:
-        allowed = error.allowed
-        for name, (flag, _, _) in FLAGS.items():
-            allowed = allowed.replace(f"{name}=", f"{flag}=")
-        parser.error(f"{FLAGS[error.name][0]} must be {allowed}, got {error.value!r}")
-    output = args.output or Path(
-        "runs", "seq_images", f"{config.dataset}__{config.model}__{config.seed}__{int(time.time())}"
-    )
-    try:
-        check_new_run_folder(output)
-    except (RunExistsError, NotADirectoryError) as error:
-        parser.error(str(error))
-    return config, output, not args.no_progress, False
-
-
-def _resume_args(
-    parser: argparse.ArgumentParser, args: argparse.Namespace
-) -> tuple[SeqImagesConfig, Path, bool, bool]:
-    """``parse_args`` for ``--resume``: the saved configuration, with at most a new number of epochs."""
-    given = [FLAGS[name][0] for name in FLAGS if name != "epochs" and getattr(args, name) is not None]
-    given += ["--output"] if args.output is not None else []
-    if given:
-        parser.error(
-            f"--resume continues the saved configuration; drop {', '.join(given)} "
-            "(only --epochs and --no-progress may be given with it)"
+        return resume_args(
+            parser, args, FLAGS, [], lambda: resumed_config(load_checkpoint(args.resume), args.epochs)
         )
-    try:
-        config = resumed_config(load_checkpoint(args.resume), args.epochs)
-    except ConfigError as error:
-        parser.error(f"{FLAGS[error.name][0]} must be {error.allowed}, got {error.value!r}")
-    except (FileNotFoundError, ValueError) as error:
-        parser.error(str(error))
-    return config, args.resume, not args.no_progress, True
+    return new_run_args(
+        parser,
+        args,
+        FLAGS,
+        lambda: SeqImagesConfig(
+            **{name: getattr(args, name) for name in FLAGS if getattr(args, name) is not None}
+        ),
+        lambda config: Path(
+            "runs", "seq_images", f"{config.dataset}__{config.model}__{config.seed}__{int(time.time())}"
+        ),
+        check_new_run_folder,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -162,19 +105,12 @@ def main(argv: list[str] | None = None) -> int:
     except DatasetMissingError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    try:
-        results = train_seq_images(config, output, progress=progress, resume=resume, data=data)
-    except TrainingInterrupted as stop:
-        print(
-            f"\ninterrupted after update {stop.update}: checkpoint saved\n"
-            f"resume with: python {SCRIPT} --resume {stop.output_dir}",
-            file=sys.stderr,
-        )
-        return 130
-    print(results_table(results))
-    print(f"\nwall time {results['wall_time_s']:.0f} s; results in {output / 'results.json'}")
-    sys.stdout.flush()
-    return 0
+    return train_and_report(
+        lambda: train_seq_images(config, output, progress=progress, resume=resume, data=data),
+        results_table,
+        output,
+        SCRIPT,
+    )
 
 
 if __name__ == "__main__":
