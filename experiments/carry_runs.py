@@ -50,7 +50,8 @@ def save(storage: Path, logs: Path, studies: list[str], to: Path) -> None:
             if target.exists():
                 shutil.rmtree(target)
             target.mkdir(parents=True)
-            shutil.copy2(run_dir / "config.yaml", target / "config.yaml")
+            if (run_dir / "config.yaml").exists():  # absent only in a run that was just starting
+                shutil.copy2(run_dir / "config.yaml", target / "config.yaml")
             if (run_dir / "eval").is_dir():
                 shutil.copytree(run_dir / "eval", target / "eval")
             final = run_dir / "final_model.zip"
