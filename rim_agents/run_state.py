@@ -11,7 +11,6 @@ The task modules (``rim_agents.copying``, ``rim_agents.seq_images``) decide what
 from __future__ import annotations
 
 import json
-import os
 import signal
 import threading
 from collections.abc import Callable, Iterator
@@ -21,6 +20,8 @@ from typing import Any
 
 import torch as th
 from torch.utils.tensorboard import SummaryWriter
+
+from rim_agents.checkpoints import replace_durably, write_text_atomically
 
 CHECKPOINT = "checkpoint.pt"
 RESULTS = "results.json"
@@ -120,14 +121,12 @@ def save_atomically(state: dict[str, Any], path: Path) -> None:
     """``th.save`` through a temporary file in the same folder, so a kill never leaves half a checkpoint."""
     partial = path.with_name(f".{path.name}.partial")
     th.save(state, partial)
-    os.replace(partial, path)
+    replace_durably(partial, path)
 
 
 def write_results(output_dir: Path, results: dict[str, Any]) -> None:
     """Write ``results.json`` through a temporary file, so a kill never leaves half of it."""
-    partial = output_dir / f".{RESULTS}.partial"
-    partial.write_text(json.dumps(results, indent=2) + "\n")
-    os.replace(partial, output_dir / RESULTS)
+    write_text_atomically(output_dir / RESULTS, json.dumps(results, indent=2) + "\n")
 
 
 def open_writer(
