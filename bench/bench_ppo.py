@@ -40,6 +40,9 @@ def steps_per_second(
     """Train an agent for ``steps`` steps after one warm-up rollout: a fresh one, or the one
     saved at ``saved`` (a ``.zip`` of the same policy).
 
+    ``learn()`` always finishes its rollout, so it may run past ``steps`` (up to one rollout of
+    ``n_envs * n_steps``); the rate counts the steps it actually ran.
+
     :return: (env steps per second, learn() wall time in seconds)
     """
     config = make_config(env_id, policy=policy, overrides=overrides, device=device)
@@ -52,12 +55,14 @@ def steps_per_second(
             model = algorithm.load(saved, env=env, device=device)
             model.set_random_seed(0)
         model.learn(config.n_envs * model.n_steps)  # warm-up: allocations, first-call overheads
+        before = model.num_timesteps
         start = time.perf_counter()
         model.learn(steps, reset_num_timesteps=False)
         seconds = time.perf_counter() - start
+        done = model.num_timesteps - before  # whole rollouts: at least `steps`
     finally:
         env.close()
-    return steps / seconds, seconds
+    return done / seconds, seconds
 
 
 def main(argv: list[str] | None = None) -> int:
