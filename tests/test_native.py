@@ -370,3 +370,41 @@ def test_a_stale_build_lock_is_removed_with_a_warning_and_a_fresh_one_kept(tmp_p
         assert native.clear_stale_build_lock(tmp_path, now=now)
     assert not lock.exists()
     assert not native.clear_stale_build_lock(tmp_path, now=now)  # nothing there: nothing to do
+
+
+@needs_native
+@pytest.mark.parametrize("compose", [True, False])
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_both_input_paths_of_a_training_call_match_the_pytorch_path(monkeypatch, compose: bool, cell: str) -> None:
+    """The op reads ``x @ (W_v @ W_ih)`` or ``(x @ W_v) @ W_ih`` (rim.composing_pays picks by
+    cost); forced either way, outputs and every gradient equal the PyTorch path's."""
+    from rim_agents.nn import rim as rim_module
+
+    picked = []
+    monkeypatch.setattr(rim_module, "composing_pays", lambda layer, samples: picked.append(compose) or compose)
+    config = dict(num_units=4, unit_size=6, top_k=2, num_layers=2, cell=cell, input_value_size=10)
+    x, hx = torch.randn(7, 3, 5), (torch.randn(2, 3, 24), torch.randn(2, 3, 24))
+    starts = torch.zeros(7, 3)
+    starts[3, 1] = 1.0
+    results = {}
+    for backend in ("torch", "native"):
+        torch.manual_seed(0)
+        rim = RIM(5, backend=backend, input_dropout=0.2, comm_dropout=0.1, **config).train()
+        results[backend] = _run(rim, x, hx, starts, seed=1)
+    assert picked == [compose, compose]  # both layers of the native run took the forced path
+    assert torch.equal(results["torch"][3], results["native"][3])
+    for name, a, b in zip(("output", "h_n", "c_n"), results["torch"][:3], results["native"][:3], strict=True):
+        _close(b, a, name)
+    names = [name for name, _ in rim.named_parameters()] + ["input", "h_0", "c_0"]
+    for name, a, b in zip(names, results["torch"][4], results["native"][4], strict=True):
+        _close(b, a, f"grad of {name}")
+
+
+def test_composing_pays_only_where_it_saves_work() -> None:
+    from rim_agents.nn.rim import composing_pays
+
+    atari = RIM(512, num_units=6, unit_size=85, top_k=4, cell="gru").layers[0]  # per-row costs tie
+    assert not composing_pays(atari, 256) and not composing_pays(atari, 10**6)
+    wide = RIM(8, num_units=6, unit_size=16, top_k=2, input_value_size=256).layers[0]
+    # composed saves 8*256 + 2*256*64 - 2*8*64 = 33,792 per row; composing costs 8*256*6*64 = 786,432
+    assert not composing_pays(wide, 23) and composing_pays(wide, 24)

@@ -432,6 +432,19 @@ def _torch_layer(
     return output, h, c, torch.stack(actives)
 
 
+def composing_pays(layer: RIMCell, samples: int) -> bool:
+    """Whether a training call over ``samples = L*N`` rows should form ``W_v @ W_ih`` first.
+
+    Multiply-adds per call: composed, ``D*V*K*G`` once plus ``top_k*D*G`` per row (the active
+    units' input terms); values first, ``D*V + top_k*V*G`` per row. Backward scales both
+    alike. At the Atari shape (D 512, V 340, K 6, G 255, k 4) the per-row costs tie and
+    composing never pays; it pays for wide values over narrow inputs and long calls."""
+    d, v = layer.input_attention.value_weight.shape
+    k, _, g = layer.weight_ih.shape
+    saved_per_row = d * v + layer.top_k * v * g - layer.top_k * d * g
+    return samples * saved_per_row > d * v * k * g
+
+
 def _native_layer(
     layer: RIMCell,
     x: Tensor,
@@ -444,11 +457,20 @@ def _native_layer(
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """One layer in one native call, forward and backward (same contract as ``_torch_layer``).
 
-    The op forms the input-to-gate terms itself, for the active units' rows only, from
-    ``x`` and the composed input weight."""
+    The op forms the input-to-gate terms itself, for the active units' rows only, as
+    ``x_in @ w_in``: either ``x`` and the composed input weight ``W_v @ W_ih`` (cached in
+    rollouts, or formed here when that pays), or the values ``x @ W_v`` and ``W_ih`` of the
+    units side by side. Both are ``x @ W_v @ W_ih[k]``: the attention weight of a unit is a
+    scalar per row, so the order of the products is free."""
     comm = layer.communication
-    if composed is None:
-        composed = native.compose(layer.input_attention.value_weight, layer.weight_ih)
+    value_weight = layer.input_attention.value_weight
+    x_in = x
+    if composed is None and composing_pays(layer, x.shape[0] * x.shape[1]):
+        composed = native.compose(value_weight, layer.weight_ih)
+    if composed is None:  # read the values first: one (L*N, D) @ (D, V) GEMM, no W_v @ W_ih
+        units, size, gates = layer.weight_ih.shape
+        x_in = x @ value_weight
+        composed = layer.weight_ih.transpose(0, 1).reshape(size, units * gates)
     config = native.LayerConfig(
         top_k=layer.top_k,
         lstm=layer.cell == "lstm",
@@ -458,7 +480,7 @@ def _native_layer(
     )
     inputs = native.LayerInputs(
         keys=layer.input_keys(x),
-        x=x,
+        x=x_in,
         w_in=composed,
         h0=h,
         c0=c,
