@@ -416,6 +416,20 @@ def test_hand_backs_do_not_spend_the_retry_budget_of_deaths(tmp_path):
     assert all(t.user_attrs[INDEX] == 0 and t.system_attrs["failed_trial"] == 0 for t in retries)
 
 
+def test_an_interrupted_cell_resumes_before_later_cells_start(tmp_path):
+    storage = str(tmp_path / "sweeps.log")
+    assert create_grid(storage, "order", write_grid(tmp_path, steps=64)) == 4  # cells 0-3
+    worker = Worker(storage, "order", tmp_path / "runs", heartbeat=1, grace=600, max_retry=3)
+    study = load(storage, "order")
+    first, _ = worker._take()
+    assert first.user_attrs[INDEX] == 0
+    study.tell(first.number, state=TrialState.FAIL)  # interrupted: handed back...
+    assert worker.hand_back.add(study, study.trials[first.number])  # ...as a new trial, number 4
+    again, _ = worker._take()
+    assert (again.number, again.user_attrs[INDEX]) == (4, 0)  # before the queued cells 1-3
+    assert [worker._take()[0].user_attrs[INDEX] for _ in range(3)] == [1, 2, 3]
+
+
 def test_dead_workers_are_found_by_heartbeat_changes_not_by_comparing_clocks(tmp_path):
     storage = one_cell_study(tmp_path, "clocks", 64)
     runner = Worker(storage, "clocks", tmp_path / "runs", heartbeat=1, grace=1, max_retry=3)

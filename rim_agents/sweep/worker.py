@@ -195,8 +195,13 @@ class Worker:
 
     def _take(self) -> tuple[Trial, int] | None:
         """Take a queued trial (WAITING -> RUNNING, compare-and-set): the trial and its storage id,
-        or None when none is left."""
-        for frozen in sweep_trials(self.study, (TrialState.WAITING,)):
+        or None when none is left.
+
+        The lowest cell first, so an interrupted cell queued again (a newer trial of an earlier
+        cell) resumes before later cells start: fewer half-trained runs wait at any time, which
+        is what a sweep carried from one machine to the next has to save."""
+        waiting = sweep_trials(self.study, (TrialState.WAITING,))
+        for frozen in sorted(waiting, key=lambda t: (t.user_attrs[INDEX], t.number)):
             trial_id = self.backend.get_trial_id_from_study_id_trial_number(self.study_id, frozen.number)
             try:
                 if self.backend.set_trial_state_values(trial_id, state=TrialState.RUNNING):
