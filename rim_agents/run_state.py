@@ -47,26 +47,31 @@ class TrainingInterrupted(Exception):
 @contextmanager
 def interrupt_flag() -> Iterator[Callable[[], bool]]:
     """
-    While active, the first Ctrl-C (SIGINT) only sets a flag that the training loop reads between
-    updates, so the run stops at a clean point; a second Ctrl-C interrupts at once as usual.
-    Outside the main thread (where signals cannot be handled) the flag never rises.
+    While active, the first Ctrl-C (SIGINT) or SIGTERM (``kill``, a container or machine being
+    stopped; the only stop a background job started with ``&`` from a script still hears, as
+    such jobs ignore SIGINT) only sets a flag that the training loop reads between updates, so
+    the run stops at a clean point and saves; a second one interrupts at once. Outside the main
+    thread (where signals cannot be handled) the flag never rises.
 
-    :return: a function that says whether Ctrl-C was pressed
+    :return: a function that says whether a stop was asked for
     """
     pressed = threading.Event()
     if threading.current_thread() is not threading.main_thread():
         yield pressed.is_set
         return
+    stops = (signal.SIGINT, signal.SIGTERM)
 
     def handler(signum: int, frame: Any) -> None:
         pressed.set()
-        signal.signal(signal.SIGINT, signal.default_int_handler)
+        for stop in stops:  # the next one raises KeyboardInterrupt at once
+            signal.signal(stop, signal.default_int_handler)
 
-    previous = signal.signal(signal.SIGINT, handler)
+    previous = {stop: signal.signal(stop, handler) for stop in stops}
     try:
         yield pressed.is_set
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for stop, old_handler in previous.items():
+            signal.signal(stop, old_handler)
 
 
 def check_new_run_folder(output_dir: str | Path, task: str, script: str) -> None:

@@ -291,16 +291,16 @@ def test_script_prints_a_markdown_table_and_writes_results(tmp_path, capsys):
 RESUMABLE = {**TINY, "epochs": 3, "batches_per_epoch": 3, "input_dropout": 0.2, "comm_dropout": 0.2}
 
 
-def ctrl_c_at_batch(monkeypatch, number, test_batches):
-    """Send SIGINT to this process while the trainer draws its ``number``-th training batch
-    (the fixed test sets, ``test_batches`` batches in all, are drawn first)."""
+def ctrl_c_at_batch(monkeypatch, number, test_batches, stop=signal.SIGINT):
+    """Send ``stop`` (SIGINT: Ctrl-C) to this process while the trainer draws its ``number``-th
+    training batch (the fixed test sets, ``test_batches`` batches in all, are drawn first)."""
     drawn = 0
 
     def batch_then_ctrl_c(*args, **kwargs):
         nonlocal drawn
         drawn += 1
         if drawn == test_batches + number:
-            signal.raise_signal(signal.SIGINT)
+            signal.raise_signal(stop)
         return copying_batch(*args, **kwargs)
 
     monkeypatch.setattr(copying, "copying_batch", batch_then_ctrl_c)
@@ -344,6 +344,20 @@ def test_a_run_stopped_by_ctrl_c_and_resumed_equals_an_uninterrupted_one(
     assert results["finished"] and len(results["history"]) == 3
     same_run(tmp_path / "whole", tmp_path / "parts")
     assert results["results"] == json.loads((tmp_path / "whole" / "results.json").read_text())["results"]
+
+
+def test_sigterm_stops_and_saves_like_ctrl_c_and_restores_the_handlers(tmp_path, monkeypatch):
+    """kill, a stopped machine, a background job (which ignores SIGINT): the same clean stop."""
+    config = CopyingConfig(**RESUMABLE)
+    train_copying(config, tmp_path / "whole", progress=False)
+    before = signal.getsignal(signal.SIGTERM)
+    with monkeypatch.context() as patch:
+        ctrl_c_at_batch(patch, 2, test_batches=2, stop=signal.SIGTERM)
+        with pytest.raises(TrainingInterrupted) as stop:
+            train_copying(config, tmp_path / "parts", progress=False)
+    assert stop.value.update == 2 and signal.getsignal(signal.SIGTERM) is before
+    train_copying(resumed_config(load_checkpoint(tmp_path / "parts")), tmp_path / "parts", progress=False, resume=True)
+    same_run(tmp_path / "whole", tmp_path / "parts")
 
 
 def test_ctrl_c_during_the_first_evaluation_keeps_the_finished_epoch(tmp_path, monkeypatch):

@@ -4,8 +4,10 @@ import importlib.util
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -306,6 +308,32 @@ def test_a_stop_at_the_first_evaluation_claims_no_steps(tmp_path):
     final = RecurrentPPO.load(run_dir / "final_model.zip")
     assert final.num_timesteps == 0 and final._n_updates == 0
     assert not (run_dir / "checkpoints").exists() or not any((run_dir / "checkpoints").iterdir())
+
+
+def test_sigterm_stops_a_training_script_like_ctrl_c(tmp_path):
+    """kill (or a stopped machine, or a background job, which ignores SIGINT): the script saves a
+    checkpoint of the trained steps, prints the resume command and exits 130."""
+    command = [
+        sys.executable, str(ROOT / "scripts" / "train_classic.py"), "--env", "CartPoleNoVel-v1",
+        "--n-timesteps", "10000000", "--n-envs", "1", "--log-folder", str(tmp_path), "--no-progress-bar",
+        "--eval-freq", "0", "--save-freq", "0", "-params", "n_steps:16", "batch_size:16", "n_epochs:1",
+    ]  # fmt: skip
+    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        lines = iter(process.stdout.readline, "")
+        assert any(line.startswith("run directory:") for line in lines)
+        deadline = time.monotonic() + 120
+        while not list(tmp_path.glob("*/tb/events.*")) and time.monotonic() < deadline:
+            time.sleep(0.5)  # TensorBoard writes once training has started
+        time.sleep(2)
+        process.send_signal(signal.SIGTERM)
+        output = process.communicate(timeout=120)[0]
+    finally:
+        process.kill()
+    assert process.returncode == 130, output
+    (checkpoint,) = tmp_path.glob("*/checkpoints/rl_model_*_steps.zip")
+    assert int(checkpoint.stem.split("_")[2]) > 0
+    assert f"--resume {checkpoint}" in output
 
 
 def test_interrupt_during_the_first_reset_stays_an_interrupt(tmp_path, monkeypatch, capsys):
