@@ -12,6 +12,7 @@ RIM / memoryless PPO.
     python bench/bench_ppo.py --env PongNoFrameskip-v4 --steps 1024 --repeats 1   # paper's RIM, GRU 6x85
     python bench/bench_ppo.py --env PongNoFrameskip-v4 --device cuda --threads 4 --steps 8192
     python bench/bench_ppo.py --learned rim=R/final_model.zip lstm=L/final_model.zip ppo=P/final_model.zip
+    python bench/bench_ppo.py --env PongNoFrameskip-v4 --policies rim --learned rim=R/final_model.zip
 
 ``--learned`` times agents loaded from saved models instead of fresh ones: the regime of a
 trained agent, whose episodes are short (on MemoryS7: a few steps instead of up to 245), so
@@ -86,17 +87,18 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--learned",
-        nargs=3,
+        nargs="+",
         default=None,
         metavar="POLICY=MODEL.zip",
-        help="time trained agents: rim=PATH lstm=PATH ppo=PATH (saved by the training core)",
+        help="time trained agents, one POLICY=PATH for each of --policies (saved by the training core)",
     )
     args = parser.parse_args(argv)
     saved: dict[str, str | None] = {"rim": None, "lstm": None, "ppo": None}
     if args.learned:
         pairs = dict(item.partition("=")[::2] for item in args.learned)
-        if set(pairs) != set(saved):
-            parser.error(f"--learned needs rim=PATH lstm=PATH ppo=PATH, got {args.learned}")
+        if set(pairs) != set(args.policies) or len(pairs) != len(args.learned):
+            wanted = " ".join(f"{policy}=PATH" for policy in args.policies)
+            parser.error(f"--learned needs one model per timed policy ({wanted}), got {args.learned}")
         saved.update(pairs)
     th.set_num_threads(args.threads)
     overrides = parse_overrides(args.hyperparams)
