@@ -8,13 +8,10 @@ turns flags into a :class:`~rim_agents.training.TrainConfig` (new run, or resume
 from __future__ import annotations
 
 import argparse
-import contextlib
-import signal
 import sys
-import threading
-from collections.abc import Iterator
 from typing import Any
 
+from rim_agents.run_state import terminate_as_interrupt
 from rim_agents.training import (
     POLICIES,
     VEC_ENVS,
@@ -80,21 +77,6 @@ def build_train_parser(description: str, default_env: str, env_help: str) -> arg
         "-v", "--verbose", type=int, default=None, help="1: print SB3's table and evaluations"
     )
     return parser
-
-
-@contextlib.contextmanager
-def terminate_as_interrupt() -> Iterator[None]:
-    """SIGTERM stops training like Ctrl-C (a checkpoint of the trained steps and the resume
-    command): ``kill``, a stopped container or machine, and background jobs started with ``&``
-    from a script, which ignore SIGINT. Only in the main thread, where signals are handled."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 def train_main(

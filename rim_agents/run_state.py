@@ -74,6 +74,24 @@ def interrupt_flag() -> Iterator[Callable[[], bool]]:
             signal.signal(stop, old_handler)
 
 
+@contextmanager
+def terminate_as_interrupt() -> Iterator[None]:
+    """
+    While active, SIGTERM raises ``KeyboardInterrupt`` as Ctrl-C does, so the code that saves on
+    Ctrl-C saves on it too: ``kill``, a stopped container or machine, and background jobs started
+    with ``&`` from a script, which ignore SIGINT. Only in the main thread, where signals are
+    handled; elsewhere it does nothing.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def check_new_run_folder(output_dir: str | Path, task: str, script: str) -> None:
     """
     Refuse to start a run in a folder that already holds one, so that nothing is overwritten.

@@ -32,6 +32,7 @@ from stable_baselines3.common.callbacks import BaseCallback
 
 from rim_agents.checkpoints import resume_point
 from rim_agents.checks import check_writable_folder
+from rim_agents.run_state import terminate_as_interrupt
 from rim_agents.sweep.grid import cell_config, suggest
 from rim_agents.sweep.storage import (
     CELL,
@@ -328,8 +329,8 @@ class Worker:
 def _worker_process(
     storage: str, study_name: str, output: str, heartbeat: int, grace: int, max_retry: int
 ) -> None:
-    signal.signal(signal.SIGTERM, signal.default_int_handler)  # terminate hands the trial back like Ctrl-C
-    code = Worker(storage, study_name, output, heartbeat, grace, max_retry).run()
+    with terminate_as_interrupt():  # terminate hands the trial back like Ctrl-C
+        code = Worker(storage, study_name, output, heartbeat, grace, max_retry).run()
     raise SystemExit(code)
 
 
@@ -396,11 +397,8 @@ def _run_workers(
     if retry_failed:
         print(f"queued {worker.retry_failed()} failed cell(s) again", flush=True)
     if workers == 1:
-        previous = signal.signal(signal.SIGTERM, signal.default_int_handler)  # hand the trial back
-        try:
+        with terminate_as_interrupt():  # hand the trial back
             return worker.run()
-        finally:
-            signal.signal(signal.SIGTERM, previous)
     devices = _visible_gpus()
     context = multiprocessing.get_context("spawn")  # a fresh interpreter: no forked torch threads
     processes = []
