@@ -113,27 +113,37 @@ def check_imports(tree: Path, expected: Path) -> None:
         raise RuntimeError(f"rim_agents imports from {where}, not from {expected}")
 
 
-def report(medians: dict[str, float], rounds: dict[str, list[float]]) -> list[str]:
-    lines = ["", "| row | " + " | ".join(f"round {i + 1}" for i in range(len(next(iter(rounds.values()))))) + " | median |"]
-    lines.append("|---|" + "---:|" * (len(next(iter(rounds.values()))) + 1))
+SPEED_TARGET = "must >= 2.0, goal >= 3.0"
+RATIO_TARGET = "must >= 0.6, goal >= 0.85"
+RATIOS = (  # label, numerator row, denominator row, issue 26's target
+    ("RIM now / RIM at base, YAML block", "head_rim", "base_rim", SPEED_TARGET),
+    ("RIM now / RIM at base, with the options", "head_rim_options", "base_rim", SPEED_TARGET),
+    ("RIM / memoryless PPO, YAML block now", "head_rim", "head_ppo", RATIO_TARGET),
+    ("RIM / memoryless PPO, options (BF16 for PPO)", "head_rim_options", "head_ppo_options", RATIO_TARGET),
+    ("memoryless PPO now / at base", "head_ppo", "base_ppo", "for reference"),
+)
+
+
+def report(rounds: dict[str, list[float]]) -> list[str]:
+    """The rows' steps/s per round and their medians as a markdown table, then the ratios of
+    the medians for the rows that were measured."""
+    medians = {name: statistics.median(values) for name, values in rounds.items()}
+    count = len(next(iter(rounds.values())))
+    lines = ["", "| row | " + " | ".join(f"round {i + 1}" for i in range(count)) + " | median |"]
+    lines.append("|---|" + "---:|" * (count + 1))
     for name, values in rounds.items():
         lines.append(f"| {name} | " + " | ".join(f"{v:.1f}" for v in values) + f" | {medians[name]:.1f} |")
-    ratios = [
-        ("RIM now / RIM at base, YAML block", "head_rim", "base_rim", "must >= 2.0, goal >= 3.0"),
-        ("RIM now / RIM at base, with the options", "head_rim_options", "base_rim", "must >= 2.0, goal >= 3.0"),
-        ("RIM / memoryless PPO, YAML block now", "head_rim", "head_ppo", "must >= 0.6, goal >= 0.85"),
-        ("RIM / memoryless PPO, options (BF16 for PPO)", "head_rim_options", "head_ppo_options", "must >= 0.6, goal >= 0.85"),
-        ("memoryless PPO now / at base", "head_ppo", "base_ppo", ""),
-    ]
     lines.append("")
-    for label, top, bottom, target in ratios:
+    for label, top, bottom, target in RATIOS:
         if top in medians and bottom in medians:
-            lines.append(f"{label}: {medians[top] / medians[bottom]:.2f}x  ({target or 'for reference'})")
+            lines.append(f"{label}: {medians[top] / medians[bottom]:.2f}x  ({target})")
     return lines
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--base", default="04a620c", help="commit to compare with (before issue 26: 04a620c)")
     parser.add_argument("--env", default="PongNoFrameskip-v4", help="Atari environment id")
     parser.add_argument("--steps", type=int, default=2048, help="env steps timed per row and round")
@@ -153,10 +163,11 @@ def main(argv: list[str] | None = None) -> int:
                 sps = steps_per_second(row, trees[row.tree], args.env, args.steps)
                 rounds[row.name].append(sps)
                 print(f"round {round_ + 1}: {row.name:17s} {sps:7.1f} env steps/s", flush=True)
-    medians = {name: statistics.median(values) for name, values in rounds.items()}
-    print("\n".join(report(medians, rounds)))
-    print(f"{args.env}, {args.steps} timed steps per row after a warm-up rollout, one torch thread, "
-          f"base {args.base}, {os.cpu_count()} CPUs")
+    print("\n".join(report(rounds)))
+    print(
+        f"{args.env}, {args.steps} timed steps per row after a warm-up rollout, one torch thread, "
+        f"base {args.base}, {os.cpu_count()} CPUs"
+    )
     print("command: python bench/bench_vs_commit.py " + shlex.join(sys.argv[1:] if argv is None else argv))
     return 0
 

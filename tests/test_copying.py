@@ -356,7 +356,9 @@ def test_sigterm_stops_and_saves_like_ctrl_c_and_restores_the_handlers(tmp_path,
         with pytest.raises(TrainingInterrupted) as stop:
             train_copying(config, tmp_path / "parts", progress=False)
     assert stop.value.update == 2 and signal.getsignal(signal.SIGTERM) is before
-    train_copying(resumed_config(load_checkpoint(tmp_path / "parts")), tmp_path / "parts", progress=False, resume=True)
+    train_copying(
+        resumed_config(load_checkpoint(tmp_path / "parts")), tmp_path / "parts", progress=False, resume=True
+    )
     same_run(tmp_path / "whole", tmp_path / "parts")
 
 

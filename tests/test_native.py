@@ -375,13 +375,17 @@ def test_a_stale_build_lock_is_removed_with_a_warning_and_a_fresh_one_kept(tmp_p
 @needs_native
 @pytest.mark.parametrize("compose", [True, False])
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
-def test_both_input_paths_of_a_training_call_match_the_pytorch_path(monkeypatch, compose: bool, cell: str) -> None:
+def test_both_input_paths_of_a_training_call_match_the_pytorch_path(
+    monkeypatch, compose: bool, cell: str
+) -> None:
     """The op reads ``x @ (W_v @ W_ih)`` or ``(x @ W_v) @ W_ih`` (rim.composing_pays picks by
     cost); forced either way, outputs and every gradient equal the PyTorch path's."""
     from rim_agents.nn import rim as rim_module
 
     picked = []
-    monkeypatch.setattr(rim_module, "composing_pays", lambda layer, samples: picked.append(compose) or compose)
+    monkeypatch.setattr(
+        rim_module, "composing_pays", lambda layer, samples: picked.append(compose) or compose
+    )
     config = dict(num_units=4, unit_size=6, top_k=2, num_layers=2, cell=cell, input_value_size=10)
     x, hx = torch.randn(7, 3, 5), (torch.randn(2, 3, 24), torch.randn(2, 3, 24))
     starts = torch.zeros(7, 3)
